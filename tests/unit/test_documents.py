@@ -1,0 +1,82 @@
+import pytest
+
+from lift_ray.documents import (
+    Document,
+    DocumentError,
+    InvalidDocumentId,
+    collect_documents,
+    doc_id_from_filename,
+    sentence_rows,
+    split_sentences,
+    validate_doc_id,
+)
+
+
+@pytest.mark.parametrize("doc_id", ["report-2024", "a", "Doc_1.v2", "x" * 128])
+def test_safe_ids_are_accepted(doc_id):
+    assert validate_doc_id(doc_id) == doc_id
+
+
+@pytest.mark.parametrize("doc_id", ["../etc", "a/b", "a\\b", "..", "a..b", "", ".hidden", "x" * 129, "sp ace", "é"])
+def test_unsafe_ids_are_rejected_with_a_reason(doc_id):
+    with pytest.raises(InvalidDocumentId, match="not allowed"):
+        validate_doc_id(doc_id)
+
+
+def test_id_comes_from_the_file_name():
+    assert doc_id_from_filename("docs/annual-report.txt") == "annual-report"
+    with pytest.raises(InvalidDocumentId):
+        doc_id_from_filename("my report.txt")
+
+
+def test_sentences_are_split_and_keep_their_preceding_context():
+    text = "Anna lives in Oslo. She owns a red boat.\n\nThe boat is called Mira. It sails on Sundays."
+    rows = sentence_rows(Document.from_text("d", text), context_chars=2000)
+    assert [r["sentence"] for r in rows] == [
+        "Anna lives in Oslo.",
+        "She owns a red boat.",
+        "The boat is called Mira.",
+        "It sails on Sundays.",
+    ]
+    assert rows[0]["context"] == ""
+    assert rows[1]["context"] == "Anna lives in Oslo."
+    assert rows[3]["context"].endswith("The boat is called Mira.")
+    assert [r["sentence_index"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_context_is_bounded_and_starts_at_a_word():
+    text = " ".join(f"Sentence number {i} is here." for i in range(200))
+    rows = sentence_rows(Document.from_text("d", text), context_chars=100)
+    last = rows[-1]["context"]
+    assert 0 < len(last) <= 100
+    assert last.split()[0] in {"Sentence", "number", "is", "here."} or last[0].isdigit()
+
+
+def test_a_huge_unpunctuated_sentence_is_cut_into_bounded_chunks():
+    text = "word " * 200_000  # 1 MB with no punctuation
+    sentences = split_sentences(text, max_sentence_chars=1000)
+    assert len(sentences) >= 1000
+    assert max(len(s) for s in sentences) <= 1000
+    assert sum(len(s.split()) for s in sentences) == 200_000
+
+
+def test_empty_binary_and_non_utf8_documents_fail_with_reasons():
+    with pytest.raises(DocumentError, match="empty"):
+        Document.from_bytes("e", b"  \n\t ")
+    with pytest.raises(DocumentError, match="UTF-8"):
+        Document.from_bytes("latin", "café".encode("latin-1"))
+    with pytest.raises(DocumentError, match="binary"):
+        Document.from_bytes("bin", b"abc\x00def")
+
+
+def test_collect_documents_reports_bad_files_and_keeps_good_ones(tmp_path):
+    (tmp_path / "good.txt").write_text("Anna lives in Oslo.")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad name.txt").write_text("text")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "good.md").write_text("Duplicate id.")
+    documents, failures = collect_documents([tmp_path])
+    assert [d.doc_id for d in documents] == ["good"]
+    assert "empty.txt" in failures and "empty" in failures["empty.txt"]
+    assert "bad name.txt" in failures
+    assert any("duplicate" in reason for reason in failures.values())

@@ -1,0 +1,77 @@
+import json
+
+from lift_ray.synth.parsing import extract_pairs, parse_qa_output, validate_pairs
+from lift_ray.synth.prompts import build_messages, qa_list_schema
+
+
+def test_valid_json_qa_list_is_parsed():
+    text = json.dumps({"qa_list": [{"question": "Who founded it?", "answer": "Ilsa"}, {"question": "When?", "answer": "1887"}]})
+    parsed = parse_qa_output(text, max_pairs=5)
+    assert parsed.pairs == [("Who founded it?", "Ilsa"), ("When?", "1887")]
+    assert not parsed.malformed
+
+
+def test_fenced_json_with_chatter_is_parsed():
+    text = 'Sure! Here you go:\n```json\n{"qa_list": [{"question": "Q1?", "answer": "A1"}]}\n```\nHope it helps.'
+    assert parse_qa_output(text, 5).pairs == [("Q1?", "A1")]
+
+
+def test_truncated_json_keeps_the_complete_pairs():
+    text = '{"qa_list": [{"question": "Where is Tessaro?", "answer": "in the mountains"}, {"question": "Who is Tom'
+    parsed = parse_qa_output(text, 5)
+    assert parsed.pairs == [("Where is Tessaro?", "in the mountains")]
+    assert not parsed.malformed
+
+
+def test_question_answer_lines_are_parsed():
+    text = "Question1: What colour is the glass?\nAnswer1: violet\nQuestion2: Who directs the factory?\nAnswer2: Tomas Quell"
+    assert extract_pairs(text) == [("What colour is the glass?", "violet"), ("Who directs the factory?", "Tomas Quell")]
+
+
+def test_garbage_is_malformed_not_an_exception():
+    for text in ["", "I cannot help with that.", "{not json at all", '{"qa_list": "nope"}', "[1, 2, 3]"]:
+        parsed = parse_qa_output(text, 5)
+        assert parsed.malformed and parsed.pairs == []
+
+
+def test_validation_drops_empty_duplicate_echoed_and_long_pairs():
+    pairs = [
+        ("Who?", "Anna"),
+        ("who?", "Anna again"),
+        ("", "x"),
+        ("What?", ""),
+        ("Same", "same"),
+        ("Long?", "x" * 500),
+        ("Fine?", "yes"),
+    ]
+    kept, dropped = validate_pairs(pairs, max_answer_chars=400)
+    assert kept == [("Who?", "Anna"), ("Fine?", "yes")]
+    assert dropped == 5
+
+
+def test_more_pairs_than_asked_are_cut_and_counted():
+    text = json.dumps({"qa_list": [{"question": f"Q{i}?", "answer": f"A{i}"} for i in range(8)]})
+    parsed = parse_qa_output(text, max_pairs=5)
+    assert len(parsed.pairs) == 5 and parsed.dropped == 3
+
+
+def test_prompt_holds_paragraph_sentence_and_m_in_one_turn():
+    messages = build_messages("Earlier text.", "Target sentence here.", m=7, preset="general")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "7" in messages[0]["content"] and "qa_list" in messages[0]["content"]
+    assert "Earlier text. Target sentence here." in messages[1]["content"]
+    assert "Last sentence:\nTarget sentence here." in messages[1]["content"]
+
+
+def test_few_shot_presets_add_example_turns_that_parse():
+    messages = build_messages("", "A sentence.", m=3, preset="squad")
+    assistant_turns = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert len(assistant_turns) == 2
+    for turn in assistant_turns:
+        assert len(parse_qa_output(turn, 3).pairs) == 3
+    assert messages[-1]["role"] == "user" and "A sentence." in messages[-1]["content"]
+
+
+def test_schema_bounds_the_number_of_pairs():
+    schema = qa_list_schema(4)
+    assert schema["properties"]["qa_list"]["maxItems"] == 4
