@@ -23,6 +23,7 @@ ADAPTER_FOLDER = "adapter"
 COMPLETE_MARKER = ".lift-ray-complete"
 _TMP_PREFIX = ".lift-ray-tmp-"
 _S3_DELETE_BATCH = 1000
+_S3_LIST_PAGE_SIZE = 1000
 _FETCH_ATTEMPTS = 3
 
 
@@ -303,7 +304,8 @@ class S3Store(Store):
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3")
+            # A session per store: boto3.client() shares a default session that is not safe to build from threads.
+            self._client = boto3.session.Session().client("s3")
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
@@ -371,7 +373,9 @@ class S3Store(Store):
         sizes: dict[str, int] = {}
         with self._errors("list", self.child_uri(prefix)):
             paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=s3_prefix):
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=s3_prefix, PaginationConfig={"PageSize": _S3_LIST_PAGE_SIZE}
+            ):
                 for item in page.get("Contents", []):
                     # Keys ending in '/' are folder placeholders made by consoles, not objects.
                     if not item["Key"].endswith("/"):

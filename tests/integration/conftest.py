@@ -1,0 +1,71 @@
+"""Integration fixtures: one local Ray instance, one S3 bucket, one Serve app per session."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from lift_ray.config import LiftConfig, ServeConfig, load_config
+
+# Fractional CPUs so training workers, a generator actor and a Serve replica fit on 2 cores at once.
+TEST_OVERRIDES = [
+    "train.num_workers=2",
+    "train.cpus_per_worker=0.5",
+    "train.threads_per_worker=1",
+    "generator.num_cpus=0.5",
+]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: str) -> Iterator[None]:
+    """A local Ray instance, started after the S3 server so its workers inherit the endpoint settings."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_store_root(s3_server: str) -> str:
+    """A bucket on the S3 server, shared by the integration tests."""
+    import boto3
+
+    bucket = f"lift-int-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/store"
+
+
+@pytest.fixture(scope="session")
+def lift_config(s3_store_root: str, tmp_path_factory: pytest.TempPathFactory) -> LiftConfig:
+    """The CPU test configuration: the embedded model, the paper's m=5 pairs, r=16 at lr 1e-3."""
+    work_dir = tmp_path_factory.mktemp("lift-work")
+    return load_config(LiftConfig, None, [*TEST_OVERRIDES, f"storage.root={s3_store_root}", f"work_dir={work_dir}"])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url(ray_cluster: None, lift_config: LiftConfig, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The lift-ray Serve app answering HTTP on 127.0.0.1, reading adapters from the test bucket."""
+    from lift_ray.cli import start_serve
+
+    config = ServeConfig(
+        model=lift_config.model,
+        storage=lift_config.storage,
+        port=_free_port(),
+        adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"),
+        num_cpus_per_replica=0.5,
+        torch_threads=1,
+    )
+    return start_serve(config)
