@@ -55,3 +55,12 @@ def s3_bucket(s3_server: str) -> str:
     bucket = f"lift-test-{uuid.uuid4().hex[:16]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir():
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted from its GGUF on first use)."""
+    from lift_ray.config import DEFAULT_CACHE_DIR
+    from lift_ray.models import ensure_embedded_model
+
+    return ensure_embedded_model(DEFAULT_CACHE_DIR)
