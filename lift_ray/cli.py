@@ -28,8 +28,14 @@ def _setup_logging() -> None:
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.epochs=3 (repeatable)",
+    )
 
 
 def start_serve(config: ServeConfig, app_name: str = "lift") -> str:

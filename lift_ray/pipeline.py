@@ -13,7 +13,7 @@ import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +157,7 @@ def train_and_publish(
                 "trained_tokens": metrics.get("trained_tokens"),
                 "lora": config.lora.model_dump(mode="json"),
                 "system_prompt": config.model.system_prompt,
-                "created_at": datetime.now(timezone.utc).isoformat(),
+                "created_at": datetime.now(UTC).isoformat(),
                 "timings": report.timings,
             },
         )
@@ -230,6 +230,10 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
         report.status = "published"
         log.info(
             "%s: published %s (%d QA pairs, loss %.3f, %s)",
-            document.doc_id, report.adapter_uri, report.qa_count, report.final_loss or float("nan"), report.timings,
+            document.doc_id,
+            report.adapter_uri,
+            report.qa_count,
+            report.final_loss or float("nan"),
+            report.timings,
         )
     return [reports[d.doc_id] for d in documents]

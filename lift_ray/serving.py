@@ -76,7 +76,9 @@ class AdapterChatModel:
         started = time.perf_counter()
         manifest = self.manifest(doc_id)
         try:
-            local = fetch_adapter(self.store, self.config.storage.namespace, doc_id, Path(self.config.adapter_cache_dir))
+            local = fetch_adapter(
+                self.store, self.config.storage.namespace, doc_id, Path(self.config.adapter_cache_dir)
+            )
         except ObjectNotFound as exc:
             raise UnknownDocument(f"adapter files of {doc_id!r} are missing: {exc}") from None
         with self._lock:

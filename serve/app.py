@@ -82,7 +82,11 @@ class AdapterModel:
             )
         except UnknownDocument as exc:
             return {"error": str(exc), "status": 404}
-        return {"text": answer.text, "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}
+        return {
+            "text": answer.text,
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+        }
 
 
 api = FastAPI(title="lift-ray", description="Ask questions of LIFTed documents: model = document id")
@@ -141,4 +145,3 @@ def build_app(config: ServeConfig) -> serve.Application:
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """Entry point for `serve run serve.app:app_builder config=path.yaml`."""
     return build_app(load_config(ServeConfig, args.get("config")))
-

@@ -40,8 +40,7 @@ class QAGenerator:
         m = self.settings.qa_per_sentence
         conversations = [build_messages(r["context"], r["sentence"], m, self.settings.preset) for r in rows]
         results: list[dict[str, Any]] = [
-            {**row, "qa_json": "[]", "malformed": 0, "retried": False, "dropped": 0, "output_tokens": 0}
-            for row in rows
+            {**row, "qa_json": "[]", "malformed": 0, "retried": False, "dropped": 0, "output_tokens": 0} for row in rows
         ]
         pending = list(range(len(rows)))
         for attempt in range(self.settings.max_retries + 1):

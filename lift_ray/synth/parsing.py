@@ -7,9 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 _FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
-_JSON_PAIR = re.compile(
-    r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL
-)
+_JSON_PAIR = re.compile(r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)"', re.DOTALL)
 _LINE_PAIR = re.compile(
     r"(?:^|\n)\s*(?:\d+[.)]\s*)?(?:Q|Question)\s*\d*\s*[:.]\s*(.+?)\s*\n\s*(?:A|Answer)\s*\d*\s*[:.]\s*(.+?)\s*(?=\n|$)",
     re.IGNORECASE,

@@ -22,7 +22,9 @@ INSTRUCTION = (
     'Reply with JSON only, in the form {{"qa_list": [{{"question": "...", "answer": "..."}}]}}.'
 )
 
-USER_TEMPLATE = "Paragraph:\n{paragraph}\n\nLast sentence:\n{sentence}\n\nWrite {m} question-answer pairs about the last sentence."
+USER_TEMPLATE = (
+    "Paragraph:\n{paragraph}\n\nLast sentence:\n{sentence}\n\nWrite {m} question-answer pairs about the last sentence."
+)
 
 
 @dataclass(frozen=True)

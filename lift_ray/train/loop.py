@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -94,9 +95,7 @@ def save_adapter(model: Any, out_dir: Path, dtype: str) -> Path:
     return out_dir
 
 
-def shuffled_batches(
-    pairs: list[dict[str, str]], batch_size: int, seed: int
-) -> Iterator[tuple[list[str], list[str]]]:
+def shuffled_batches(pairs: list[dict[str, str]], batch_size: int, seed: int) -> Iterator[tuple[list[str], list[str]]]:
     """Question and answer lists of one epoch, shuffled with `seed`."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)

@@ -5,7 +5,9 @@ from lift_ray.synth.prompts import build_messages, qa_list_schema
 
 
 def test_valid_json_qa_list_is_parsed():
-    text = json.dumps({"qa_list": [{"question": "Who founded it?", "answer": "Ilsa"}, {"question": "When?", "answer": "1887"}]})
+    text = json.dumps(
+        {"qa_list": [{"question": "Who founded it?", "answer": "Ilsa"}, {"question": "When?", "answer": "1887"}]}
+    )
     parsed = parse_qa_output(text, max_pairs=5)
     assert parsed.pairs == [("Who founded it?", "Ilsa"), ("When?", "1887")]
     assert not parsed.malformed
@@ -24,7 +26,10 @@ def test_truncated_json_keeps_the_complete_pairs():
 
 
 def test_question_answer_lines_are_parsed():
-    text = "Question1: What colour is the glass?\nAnswer1: violet\nQuestion2: Who directs the factory?\nAnswer2: Tomas Quell"
+    text = (
+        "Question1: What colour is the glass?\nAnswer1: violet\n"
+        "Question2: Who directs the factory?\nAnswer2: Tomas Quell"
+    )
     assert extract_pairs(text) == [("What colour is the glass?", "violet"), ("Who directs the factory?", "Tomas Quell")]
 
 

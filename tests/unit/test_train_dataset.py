@@ -12,8 +12,9 @@ def test_only_answer_tokens_and_the_end_token_are_learned(embedded_model_dir):
     learned = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != IGNORE_INDEX]
     text = tokenizer.decode(learned)
     assert text.startswith("Ilsa Varnholt<|im_end|>")
-    masked = tokenizer.decode([t for t, label in zip(example["input_ids"], example["labels"], strict=True)
-                               if label == IGNORE_INDEX])
+    masked = tokenizer.decode(
+        [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label == IGNORE_INDEX]
+    )
     assert "Who founded the glass works?" in masked and "Ilsa" not in masked
     assert masked.endswith("<|im_start|>assistant\n")
 

@@ -16,9 +16,16 @@ def tiny_model_dir(tmp_path_factory, embedded_model_dir):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = load_tokenizer(embedded_model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(folder)
@@ -30,8 +37,10 @@ def _config(**overrides) -> LiftConfig:
     return load_config(LiftConfig, None, [f"{k}={v}" for k, v in overrides.items()])
 
 
-PAIRS = [{"question": f"What is item {i}?", "answer": f"Item {i} is a {color}."}
-         for i, color in enumerate(["red kite", "blue boat", "green lamp", "gold ring"] * 2)]
+PAIRS = [
+    {"question": f"What is item {i}?", "answer": f"Item {i} is a {color}."}
+    for i, color in enumerate(["red kite", "blue boat", "green lamp", "gold ring"] * 2)
+]
 
 
 def test_loss_falls_and_only_lora_weights_are_saved(embedded_model_dir, tmp_path):
