@@ -64,12 +64,27 @@ class VLLMSettings(_Section):
     guided_json: bool = Field(False, description="constrain output to the qa_list JSON schema")
 
 
+class OpenAISettings(_Section):
+    """An OpenAI-compatible chat server as the generator (the paper's local or remote LLM server)."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="up to and including /v1")
+    model: str = Field("base", description="the `model` field sent with every request")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key, if any")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once per generator actor")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+    max_attempts: int = Field(4, ge=1, description="tries per request on connection errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, ge=0, description="first wait between tries; doubles each time")
+
+
 class GeneratorSettings(_Section):
     """QA synthesis: which engine, which prompt, how many pairs per sentence."""
 
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["vllm", "hf", "openai"] = "vllm"
     model: str | None = Field(None, description="generator model; None means the base model")
     preset: Literal["general", "niah", "squad"] = "squad"
+    template_file: Path | None = Field(
+        None, description="your own system instruction (a text file; `{m}` is replaced); examples still follow preset"
+    )
     qa_per_sentence: int = Field(5, ge=1, le=20, description="m in the paper")
     max_new_tokens: int = Field(320, ge=16)
     temperature: float = Field(0.0, ge=0)
@@ -84,6 +99,14 @@ class GeneratorSettings(_Section):
     )
     max_answer_chars: int = Field(400, ge=1)
     vllm: VLLMSettings = VLLMSettings()
+    openai: OpenAISettings = OpenAISettings()
+
+    @field_validator("template_file")
+    @classmethod
+    def _template_exists(cls, template_file: Path | None) -> Path | None:
+        if template_file is not None and not template_file.is_file():
+            raise ValueError(f"template file {str(template_file)!r} does not exist")
+        return template_file
 
 
 class LoraSettings(_Section):

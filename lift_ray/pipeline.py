@@ -58,9 +58,14 @@ class DocumentReport:
 def qa_cache_key(document: Document, config: LiftConfig) -> str:
     """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
     generator = config.generator
+    model = generator.model or config.model.base_model
+    if generator.engine == "openai":
+        model = f"{generator.openai.base_url}#{generator.openai.model}"
+    template = generator.template_file
     parts = {
         "doc_sha256": document.sha256,
-        "model": generator.model or config.model.base_model,
+        "model": model,
+        "template_sha256": hashlib.sha256(template.read_bytes()).hexdigest() if template else None,
         "preset": generator.preset,
         "m": generator.qa_per_sentence,
         "max_new_tokens": generator.max_new_tokens,

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from lift_ray.config import GeneratorSettings, VLLMSettings
+    from lift_ray.config import GeneratorSettings, OpenAISettings, VLLMSettings
 
 Conversation = list[dict[str, str]]
 
@@ -59,10 +59,11 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class Generation:
-    """One generated reply and how many tokens it took."""
+    """One generated reply and how many tokens it took; `error` says why a reply is missing."""
 
     text: str
     output_tokens: int
+    error: str | None = None
 
 
 class ChatEngine(Protocol):
@@ -277,8 +278,87 @@ class VLLMChatEngine:
         return [Generation(out.outputs[0].text, len(out.outputs[0].token_ids)) for out in outputs]
 
 
+class OpenAIChatEngine:
+    """Any OpenAI-compatible `/v1/chat/completions` server: bounded concurrency, retries with backoff, timeouts.
+
+    A request that still fails after `max_attempts` tries comes back as an empty `Generation` with its
+    `error` set, so that the generator counts it as malformed (and retries it once at its own level)
+    instead of failing the whole batch.
+    """
+
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings) -> None:
+        self.settings = settings
+        self.url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._api_key = os.environ.get(settings.api_key_env) or None
+
+    def _body(self, conversation: Conversation, sampling: SamplingSettings) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.settings.model,
+            "messages": conversation,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "seed": sampling.seed,
+        }
+        if sampling.json_schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "qa_list", "schema": sampling.json_schema},
+            }
+        return body
+
+    def _post(self, body: dict[str, Any]) -> Generation:
+        import json
+        import time
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        data = json.dumps(body).encode()
+        error = "no attempt made"
+        for attempt in range(self.settings.max_attempts):
+            wait = self.settings.backoff_s * 2**attempt
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
+                    reply = json.loads(response.read())
+                text = reply["choices"][0]["message"]["content"] or ""
+                tokens = int((reply.get("usage") or {}).get("completion_tokens", 0))
+                return Generation(text, tokens)
+            except urllib.error.HTTPError as exc:
+                error = f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
+                if exc.code != 429 and exc.code < 500:
+                    break  # the request itself is wrong; trying again cannot help
+                retry_after = exc.headers.get("Retry-After") if exc.headers else None
+                if retry_after and retry_after.isdigit():
+                    wait = max(wait, float(retry_after))
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                error = f"unexpected reply: {type(exc).__name__}: {exc}"
+                break
+            if attempt + 1 < self.settings.max_attempts:
+                time.sleep(wait)
+        return Generation("", 0, error=error)
+
+    def generate(self, conversations: list[Conversation], sampling: SamplingSettings) -> list[Generation]:
+        """One `Generation` per conversation, at most `max_concurrency` requests in flight."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not conversations:
+            return []
+        bodies = [self._body(conversation, sampling) for conversation in conversations]
+        with ThreadPoolExecutor(max_workers=min(self.settings.max_concurrency, len(bodies))) as pool:
+            return list(pool.map(self._post, bodies))
+
+
 def make_engine(engine: str, model_dir: Path, generator_settings: GeneratorSettings, seed: int = 0) -> ChatEngine:
-    """The chat engine named by `engine` ("vllm" or "hf") for `model_dir`."""
+    """The chat engine named by `engine` ("vllm", "hf" or "openai"; the last ignores `model_dir`)."""
+    if engine == "openai":
+        return OpenAIChatEngine(generator_settings.openai)
     if engine == "vllm":
         return VLLMChatEngine(model_dir, generator_settings.vllm, seed=seed)
     if engine == "hf":
@@ -289,4 +369,4 @@ def make_engine(engine: str, model_dir: Path, generator_settings: GeneratorSetti
             device=device,
             max_batch_size=generator_settings.batch_size,
         )
-    raise ValueError(f"unknown engine {engine!r}: expected 'vllm' or 'hf'")
+    raise ValueError(f"unknown engine {engine!r}: expected 'vllm', 'hf' or 'openai'")

@@ -13,7 +13,7 @@ import numpy as np
 from lift_ray.config import GeneratorSettings, LiftConfig
 from lift_ray.synth.engines import ChatEngine, SamplingSettings, make_engine
 from lift_ray.synth.parsing import parse_qa_output
-from lift_ray.synth.prompts import build_messages, qa_list_schema
+from lift_ray.synth.prompts import build_messages, load_instruction, qa_list_schema
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ class QAGenerator:
         self.engine = engine
         self.settings = settings
         self.seed = seed
+        self.instruction = load_instruction(settings.template_file)
 
     def _sampling(self, attempt: int) -> SamplingSettings:
         settings = self.settings
@@ -38,7 +39,9 @@ class QAGenerator:
     def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """For each sentence row, the same row plus `qa_json` and counters (malformed, retried, dropped)."""
         m = self.settings.qa_per_sentence
-        conversations = [build_messages(r["context"], r["sentence"], m, self.settings.preset) for r in rows]
+        conversations = [
+            build_messages(r["context"], r["sentence"], m, self.settings.preset, self.instruction) for r in rows
+        ]
         results: list[dict[str, Any]] = [
             {**row, "qa_json": "[]", "malformed": 0, "retried": False, "dropped": 0, "output_tokens": 0} for row in rows
         ]
@@ -52,6 +55,8 @@ class QAGenerator:
                 result = results[index]
                 result["output_tokens"] += generation.output_tokens
                 result["retried"] = attempt > 0
+                if generation.error is not None:
+                    log.warning("generation failed for sentence %s: %s", result.get("sentence_index"), generation.error)
                 parsed = parse_qa_output(generation.text, m, self.settings.max_answer_chars)
                 result["dropped"] += parsed.dropped
                 if parsed.malformed:
@@ -83,7 +88,9 @@ class QAGeneratorActor:
 
         started = time.perf_counter()
         settings = config.generator
-        model_dir = resolve_base_model(settings.model or config.model.base_model, Path(config.model.cache_dir))
+        model_dir = Path()
+        if settings.engine != "openai":  # a remote server needs no local model
+            model_dir = resolve_base_model(settings.model or config.model.base_model, Path(config.model.cache_dir))
         engine = make_engine(settings.engine, model_dir, settings, seed=config.seed)
         self.generator = QAGenerator(engine, settings, seed=config.seed)
         log.info("generator %s ready in %.1f s", settings.engine, time.perf_counter() - started)

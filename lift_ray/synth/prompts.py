@@ -19,7 +19,7 @@ INSTRUCTION = (
     "answer copied or closely paraphrased from that sentence. Name people, places and things explicitly "
     "instead of using pronouns, so each question makes sense on its own. Vary what the questions ask "
     "about: who, what, when, where, how many, why.\n"
-    'Reply with JSON only, in the form {{"qa_list": [{{"question": "...", "answer": "..."}}]}}.'
+    'Reply with JSON only, in the form {"qa_list": [{"question": "...", "answer": "..."}]}.'
 )
 
 USER_TEMPLATE = (
@@ -89,13 +89,15 @@ def build_messages(
     sentence: str,
     m: int,
     preset: str = "squad",
-    template_file: Path | None = None,
+    instruction: str = INSTRUCTION,
 ) -> list[dict[str, str]]:
-    """The chat messages asking the generator for `m` QA pairs about `sentence` given its preceding `context`."""
+    """The chat messages asking the generator for `m` QA pairs about `sentence` given its preceding `context`.
+
+    `instruction` is the system message; every `{m}` in it becomes the number of pairs asked for.
+    """
     if preset not in PRESET_EXAMPLES:
         raise ValueError(f"unknown prompt preset {preset!r}; choose one of {sorted(PRESET_EXAMPLES)}")
-    instruction = template_file.read_text() if template_file else INSTRUCTION
-    messages = [{"role": "system", "content": instruction.format(m=m)}]
+    messages = [{"role": "system", "content": instruction.replace("{m}", str(m))}]
     for example in PRESET_EXAMPLES[preset]:
         shown = example.pairs[:m]
         messages.append(
@@ -110,6 +112,19 @@ def build_messages(
     paragraph = f"{context} {sentence}".strip()
     messages.append({"role": "user", "content": USER_TEMPLATE.format(paragraph=paragraph, sentence=sentence, m=m)})
     return messages
+
+
+def load_instruction(template_file: Path | None) -> str:
+    """The system instruction: the built-in one, or a user's template file (UTF-8 text, not empty)."""
+    if template_file is None:
+        return INSTRUCTION
+    try:
+        text = Path(template_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read generator.template_file {str(template_file)!r}: {exc}") from None
+    if not text.strip():
+        raise ValueError(f"generator.template_file {str(template_file)!r} is empty")
+    return text
 
 
 def qa_list_schema(m: int) -> dict:

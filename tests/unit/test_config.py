@@ -66,3 +66,15 @@ def test_serve_config_loads_from_yaml(tmp_path: Path):
     path.write_text("port: 8123\nmax_adapters_per_replica: 3\n")
     config = load_config(ServeConfig, path)
     assert (config.port, config.max_adapters_per_replica) == (8123, 3)
+
+
+def test_missing_template_file_is_rejected_at_load(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"generator\.template_file.*does not exist"):
+        load_config(LiftConfig, None, [f"generator.template_file={tmp_path / 'nope.txt'}"])
+
+
+def test_openai_engine_settings_load():
+    config = load_config(
+        LiftConfig, None, ["generator.engine=openai", "generator.openai.base_url=http://10.0.0.5:8000/v1"]
+    )
+    assert config.generator.engine == "openai" and config.generator.openai.base_url.endswith(":8000/v1")

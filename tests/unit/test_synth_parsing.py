@@ -1,7 +1,9 @@
 import json
 
+import pytest
+
 from lift_ray.synth.parsing import extract_pairs, parse_qa_output, validate_pairs
-from lift_ray.synth.prompts import build_messages, qa_list_schema
+from lift_ray.synth.prompts import build_messages, load_instruction, qa_list_schema
 
 
 def test_valid_json_qa_list_is_parsed():
@@ -80,3 +82,21 @@ def test_few_shot_presets_add_example_turns_that_parse():
 def test_schema_bounds_the_number_of_pairs():
     schema = qa_list_schema(4)
     assert schema["properties"]["qa_list"]["maxItems"] == 4
+
+
+def test_user_template_replaces_the_instruction_and_keeps_literal_braces(tmp_path):
+    template = tmp_path / "template.txt"
+    template.write_text('Write {m} pairs. Answer as {"qa_list": [...]}.', encoding="utf-8")
+    messages = build_messages("", "A sentence.", m=4, preset="general", instruction=load_instruction(template))
+    assert messages[0]["content"] == 'Write 4 pairs. Answer as {"qa_list": [...]}.'
+
+
+def test_unreadable_or_empty_templates_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(ValueError, match="is empty"):
+        load_instruction(empty)
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_instruction(binary)

@@ -1,0 +1,73 @@
+"""Answer scoring: SQuAD-style normalisation, exact match and token F1, and groundedness of generated QA."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation) | {"“", "”", "‘", "’", "—", "–"}
+# Words that carry no fact: an answer made only of these is not grounded in anything.
+_FUNCTION_WORDS = frozenset(
+    "a an the of in on at to for by with from and or but is are was were be been it its this that these those "
+    "he she they his her their him them as which who whom what when where how why".split()
+)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (the SQuAD evaluation's normalisation)."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the normalised strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of token precision and recall after normalisation (SQuAD's F1)."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def best_score(prediction: str, golds: list[str]) -> tuple[float, float]:
+    """(exact match, F1) of `prediction` against the best-matching of several gold answers."""
+    if not golds:
+        raise ValueError("at least one gold answer is needed")
+    return max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds)
+
+
+def answer_is_grounded(answer: str, sentence: str, min_overlap: float = 0.6) -> bool:
+    """Whether an answer comes from the sentence: most of its content words appear in it.
+
+    Content words are the normalised tokens that are not function words; an answer with none
+    (such as "it") is not grounded. Numbers count as content words.
+    """
+    content = [t for t in normalize_answer(answer).split() if t not in _FUNCTION_WORDS]
+    if not content:
+        return False
+    sentence_tokens = set(normalize_answer(sentence).split())
+    found = sum(1 for token in content if token in sentence_tokens)
+    return found / len(content) >= min_overlap
+
+
+def grounded_sentence_fraction(rows: list[dict[str, Any]]) -> float:
+    """Share of sentence rows with at least one pair whose answer is grounded in the sentence.
+
+    Each row needs `sentence` and `pairs` (a list of {"question", "answer"}).
+    """
+    if not rows:
+        return 0.0
+    grounded = sum(
+        1 for row in rows if any(answer_is_grounded(str(p["answer"]), str(row["sentence"])) for p in row["pairs"])
+    )
+    return grounded / len(rows)

@@ -1,0 +1,161 @@
+"""The OpenAI-compatible engine against a real HTTP server on 127.0.0.1 that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lift_ray.config import GeneratorSettings, OpenAISettings
+from lift_ray.synth.engines import OpenAIChatEngine, SamplingSettings, make_engine
+from lift_ray.synth.generator import QAGenerator
+
+
+class FlakyServer:
+    """Answers /v1/chat/completions; the first `failures` requests per prompt get `fail_status`."""
+
+    def __init__(self, failures: int = 0, fail_status: int = 503, delay_s: float = 0.0, reply: str | None = None):
+        self.failures, self.fail_status, self.delay_s, self.reply = failures, fail_status, delay_s, reply
+        self.attempts: dict[str, int] = {}
+        self.bodies: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with self.lock:
+            self.bodies.append(body)
+            self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
+            attempt = self.attempts[prompt]
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            if attempt <= self.failures:
+                payload, status = json.dumps({"detail": "try later"}).encode(), self.fail_status
+            else:
+                text = self.reply if self.reply is not None else f"echo: {prompt}"
+                reply = {"choices": [{"message": {"content": text}}], "usage": {"completion_tokens": 7}}
+                payload, status = json.dumps(reply).encode(), 200
+            handler.send_response(status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(payload)))
+            handler.end_headers()
+            handler.wfile.write(payload)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.fixture
+def serve_fake_llm() -> Iterator:
+    """Start a FlakyServer on a free loopback port; yields a function (server) -> base_url."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(behaviour: FlakyServer) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                behaviour.handle(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _conversations(n: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": f"prompt {i}"}] for i in range(n)]
+
+
+def test_replies_come_back_in_order_with_token_counts(serve_fake_llm):
+    behaviour = FlakyServer()
+    engine = OpenAIChatEngine(OpenAISettings(base_url=serve_fake_llm(behaviour), model="tiny"))
+    generations = engine.generate(_conversations(5), SamplingSettings(max_new_tokens=32, seed=3))
+    assert [g.text for g in generations] == [f"echo: prompt {i}" for i in range(5)]
+    assert all(g.output_tokens == 7 and g.error is None for g in generations)
+    assert {b["model"] for b in behaviour.bodies} == {"tiny"}
+    assert {b["max_tokens"] for b in behaviour.bodies} == {32}
+
+
+def test_5xx_and_429_are_retried_with_backoff(serve_fake_llm):
+    for status in (503, 429):
+        behaviour = FlakyServer(failures=2, fail_status=status)
+        settings = OpenAISettings(base_url=serve_fake_llm(behaviour), max_attempts=3, backoff_s=0.05)
+        started = time.perf_counter()
+        generations = OpenAIChatEngine(settings).generate(_conversations(2), SamplingSettings())
+        assert [g.error for g in generations] == [None, None], status
+        assert set(behaviour.attempts.values()) == {3}
+        assert time.perf_counter() - started >= 0.05 + 0.1  # two waits: 0.05 s then 0.1 s
+
+
+def test_a_request_that_keeps_failing_is_an_empty_generation_with_its_reason(serve_fake_llm):
+    behaviour = FlakyServer(failures=10)
+    settings = OpenAISettings(base_url=serve_fake_llm(behaviour), max_attempts=2, backoff_s=0.0)
+    [generation] = OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    assert generation.text == "" and "HTTP 503" in generation.error
+    assert behaviour.attempts == {"prompt 0": 2}
+
+
+def test_client_errors_are_not_retried(serve_fake_llm):
+    behaviour = FlakyServer(failures=10, fail_status=400)
+    settings = OpenAISettings(base_url=serve_fake_llm(behaviour), max_attempts=4, backoff_s=0.0)
+    [generation] = OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    assert "HTTP 400" in generation.error and behaviour.attempts == {"prompt 0": 1}
+
+
+def test_timeouts_are_retried_then_reported(serve_fake_llm):
+    behaviour = FlakyServer(delay_s=1.0)
+    settings = OpenAISettings(base_url=serve_fake_llm(behaviour), max_attempts=2, backoff_s=0.0, timeout_s=0.2)
+    [generation] = OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    assert generation.error is not None and "timed out" in generation.error.lower()
+    assert behaviour.attempts == {"prompt 0": 2}
+
+
+def test_unreachable_server_is_reported_not_raised():
+    settings = OpenAISettings(base_url="http://127.0.0.1:9/v1", max_attempts=2, backoff_s=0.0, timeout_s=2)
+    [generation] = OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    assert generation.text == "" and generation.error
+
+
+def test_concurrency_is_bounded(serve_fake_llm):
+    behaviour = FlakyServer(delay_s=0.2)
+    settings = OpenAISettings(base_url=serve_fake_llm(behaviour), max_concurrency=3)
+    generations = OpenAIChatEngine(settings).generate(_conversations(9), SamplingSettings())
+    assert len(generations) == 9 and all(g.error is None for g in generations)
+    assert behaviour.max_in_flight == 3
+
+
+def test_json_schema_is_sent_as_response_format(serve_fake_llm):
+    behaviour = FlakyServer()
+    engine = OpenAIChatEngine(OpenAISettings(base_url=serve_fake_llm(behaviour)))
+    schema = {"type": "object"}
+    engine.generate(_conversations(1), SamplingSettings(json_schema=schema))
+    assert behaviour.bodies[0]["response_format"]["json_schema"]["schema"] == schema
+
+
+def test_generator_counts_failed_requests_as_malformed_and_retries_them(serve_fake_llm):
+    reply = json.dumps({"qa_list": [{"question": "Who built the bridge?", "answer": "Ada Brun"}]})
+    behaviour = FlakyServer(failures=1, reply=reply)
+    settings = GeneratorSettings(
+        engine="openai",
+        qa_per_sentence=2,
+        openai=OpenAISettings(base_url=serve_fake_llm(behaviour), max_attempts=1, backoff_s=0.0),
+    )
+    generator = QAGenerator(make_engine("openai", None, settings), settings)  # type: ignore[arg-type]
+    row = {"sentence_index": 0, "sentence": "Ada Brun built the bridge.", "context": ""}
+    [result] = generator.generate([row])
+    assert result["malformed"] == 1 and result["retried"] is True
+    assert json.loads(result["qa_json"]) == [{"question": "Who built the bridge?", "answer": "Ada Brun"}]
