@@ -31,6 +31,8 @@ from lift_ray.train.dataset import qa_pairs_from_rows
 
 log = logging.getLogger(__name__)
 
+SPLIT_TASK_CPUS = 0.25
+
 
 @dataclass
 class DocumentReport:
@@ -104,7 +106,10 @@ def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list
             Document(row["doc_id"], row["text"], row["sha256"]),
             config.sentences.context_chars,
             config.sentences.max_sentence_chars,
-        )
+        ),
+        # Splitting is light; a whole CPU per task would wait behind generator actors, trainers and
+        # Serve replicas on a small node (with 2 CPUs it deadlocked behind them).
+        num_cpus=SPLIT_TASK_CPUS,
     )
     generated = sentences.map_batches(
         QAGeneratorActor,

@@ -80,3 +80,34 @@ def test_collect_documents_reports_bad_files_and_keeps_good_ones(tmp_path):
     assert "empty.txt" in failures and "empty" in failures["empty.txt"]
     assert "bad name.txt" in failures
     assert any("duplicate" in reason for reason in failures.values())
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Die Glashütte wurde 1887 gegründet. Sie liegt in Tessaro! Wer leitet sie?",
+            ["Die Glashütte wurde 1887 gegründet.", "Sie liegt in Tessaro!", "Wer leitet sie?"],
+        ),
+        (
+            "玻璃厂成立于1887年。它位于山村泰萨罗。厂长是托马斯。",
+            ["玻璃厂成立于1887年。", "它位于山村泰萨罗。", "厂长是托马斯。"],
+        ),
+        (
+            "Стекольный завод основан в 1887 году. Он находится в деревне.",
+            ["Стекольный завод основан в 1887 году.", "Он находится в деревне."],
+        ),
+    ],
+)
+def test_non_english_text_is_split_into_its_sentences(text, expected):
+    assert split_sentences(text) == expected
+    rows = sentence_rows(Document.from_text("doc", text))
+    assert [r["sentence"] for r in rows] == expected
+    assert rows[-1]["context"].startswith(expected[0][:5])
+
+
+def test_unspaced_text_without_punctuation_is_chunked_without_losing_characters():
+    text = "字" * 5000  # no spaces and no sentence end: the chunker must cut inside the "word"
+    sentences = split_sentences(text, max_sentence_chars=1000)
+    assert max(len(s) for s in sentences) <= 1000
+    assert "".join(sentences) == text
