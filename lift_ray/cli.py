@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import sys
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.corpus import Corpus, CorpusError, read_corpus
+from lift_ray.documents import validate_doc_id
+from lift_ray.storage import Store, StoreError, write_json_lines
+
+if TYPE_CHECKING:
+    from lift_ray.pipeline import DocumentReport
 
 log = logging.getLogger("lift_ray")
+REPORTS_FOLDER = "_reports"
+REPORT_NAME = "report.jsonl"
+SUMMARY_NAME = "summary.json"
+REPORT_STATUSES = ("published", "skipped", "failed")
 SAMPLE_DOCUMENT = Path(__file__).resolve().parent.parent / "samples" / "orvella.txt"
 DEMO_QUESTIONS = [
     ("Who started the Orvella Glass Works?", "Ilsa Varnholt"),
@@ -52,19 +66,146 @@ def start_serve(config: ServeConfig, app_name: str = "lift") -> str:
     return url
 
 
-def run_lift(config: LiftConfig, inputs: list[str]) -> int:
-    """LIFT local files/folders; print a per-document report; exit status 1 if any document failed."""
-    from lift_ray.documents import collect_documents
-    from lift_ray.pipeline import DocumentReport, lift_documents
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique name for one run's report folder: UTC time plus a random suffix."""
+    now = now or datetime.now(UTC)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
-    documents, failures = collect_documents(inputs)
-    reports = [DocumentReport(name, status="failed", error=error) for name, error in failures.items()]
-    reports += lift_documents(documents, config)
+
+def report_key(run_id: str, name: str) -> str:
+    """Store key of a file in a run's report folder: `_reports/<run_id>/<name>`."""
+    return f"{REPORTS_FOLDER}/{validate_doc_id(run_id, 'run id')}/{name}"
+
+
+def report_rows(corpus: Corpus, reports: Sequence[DocumentReport]) -> list[dict[str, Any]]:
+    """One JSON-ready row per document: read failures first, then what the pipeline did, each with its source."""
+    from lift_ray.pipeline import DocumentReport
+
+    rows = []
+    for failure in corpus.failures:
+        report = DocumentReport(failure.name, status="failed", error=failure.reason)
+        rows.append({**report.to_dict(), "source": failure.source})
     for report in reports:
-        print(json.dumps(report.to_dict()))
-    counts = {status: sum(r.status == status for r in reports) for status in ("published", "skipped", "failed")}
-    print(f"summary: {counts}")
-    return 1 if counts["failed"] else 0
+        rows.append({**report.to_dict(), "source": corpus.sources.get(report.doc_id)})
+    return rows
+
+
+def run_summary(
+    rows: Sequence[dict[str, Any]],
+    *,
+    run_id: str,
+    inputs: Sequence[str],
+    config: LiftConfig,
+    started_at: datetime,
+    total_s: float,
+    read_failures: int = 0,
+) -> dict[str, Any]:
+    """Counts per status, throughput, and what the run was given (config hash, inputs, output)."""
+    counts = {status: sum(row["status"] == status for row in rows) for status in REPORT_STATUSES}
+    hours = total_s / 3600
+    return {
+        "run_id": run_id,
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "total_s": round(total_s, 2),
+        "documents": len(rows),
+        "counts": counts,
+        "read_failures": read_failures,
+        "documents_per_hour": round(len(rows) / hours, 2) if hours > 0 else None,
+        "published_per_hour": round(counts["published"] / hours, 2) if hours > 0 else None,
+        "config_hash": config.adapter_hash(),
+        "inputs": list(inputs),
+        "output": config.storage.root,
+        "namespace": config.storage.namespace,
+    }
+
+
+def write_run_report(store: Store, run_id: str, rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """Write `_reports/<run_id>/report.jsonl`, then `summary.json` (naming the report); the report's URI."""
+    write_json_lines(store, report_key(run_id, REPORT_NAME), list(rows))
+    report_uri = store.child_uri(report_key(run_id, REPORT_NAME))
+    store.write_json(report_key(run_id, SUMMARY_NAME), {**summary, "report": report_uri})
+    return report_uri
+
+
+def _error(message: str) -> None:
+    print(f"lift-ray lift: {message}", file=sys.stderr, flush=True)
+
+
+def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = None) -> int:
+    """LIFT local files/folders, s3:// prefixes and manifests; write the run's report; exit status 0, 1 or 2.
+
+    0: every document was published or skipped. 1: at least one failed (at read time or in the pipeline).
+    2: nothing was attempted: the output store or an input root is unusable, or there was nothing to read.
+    """
+    run_id = run_id or new_run_id()
+    started_at, started = datetime.now(UTC), time.perf_counter()
+    try:
+        validate_doc_id(run_id, "run id")
+    except ValueError as exc:
+        _error(str(exc))
+        return 2
+    try:
+        store = Store.from_uri(config.storage.root)
+        store.list_keys(f"{REPORTS_FOLDER}/{run_id}")  # fails early on a missing bucket or bad credentials
+    except (ValueError, StoreError) as exc:
+        _error(f"cannot use output {config.storage.root!r}: {exc}")
+        return 2
+    try:
+        corpus = read_corpus(inputs, progress=lambda message: print(message, flush=True))
+    except CorpusError as exc:
+        _error(str(exc))
+        return 2
+    if not corpus.documents and not corpus.failures:
+        _error(f"no documents found in {list(inputs)}")
+        return 2
+
+    reports: list[DocumentReport] = []
+    if corpus.documents:
+        from lift_ray.pipeline import DocumentReport, lift_documents
+
+        try:
+            reports = lift_documents(corpus.documents, config)
+        except Exception as exc:  # the run as a whole broke: every document it held fails with the reason
+            log.exception("the LIFT pipeline failed")
+            error = f"pipeline failed: {type(exc).__name__}: {exc}"
+            reports = [DocumentReport(d.doc_id, status="failed", error=error) for d in corpus.documents]
+
+    rows = report_rows(corpus, reports)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    summary = run_summary(
+        rows,
+        run_id=run_id,
+        inputs=inputs,
+        config=config,
+        started_at=started_at,
+        total_s=time.perf_counter() - started,
+        read_failures=len(corpus.failures),
+    )
+    print(f"summary: {summary['counts']} in {summary['total_s']} s", flush=True)
+    try:
+        report_uri = write_run_report(store, run_id, rows, summary)
+    except StoreError as exc:
+        _error(f"cannot write the run report: {exc}")
+        return 1
+    print(f"report: {report_uri}", flush=True)
+    print(f"summary: {store.child_uri(report_key(run_id, SUMMARY_NAME))}", flush=True)
+    return 1 if summary["counts"]["failed"] else 0
+
+
+def _lift_command(args: argparse.Namespace, inputs: list[str]) -> int:
+    """`lift-ray lift` / jobs/lift.py: load the config (exit 2 if bad), apply --output, run."""
+    try:
+        config = load_config(LiftConfig, args.config, args.overrides)
+        if args.output is not None:
+            config.storage.root = args.output
+        if args.run_id is not None:
+            validate_doc_id(args.run_id, "run id")
+    except ValueError as exc:  # ConfigError, pydantic's ValidationError, InvalidDocumentId
+        _error(str(exc))
+        return 2
+    print("lift config:\n" + config.to_yaml(), flush=True)
+    return run_lift(config, inputs, run_id=args.run_id)
 
 
 def run_demo(config: LiftConfig, port: int) -> int:
@@ -135,8 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lift-ray` console script."""
     parser = argparse.ArgumentParser(prog="lift-ray", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    lift = commands.add_parser("lift", help="LIFT documents (files or folders of .txt/.md)")
-    lift.add_argument("inputs", nargs="+")
+    lift = commands.add_parser(
+        "lift", help="LIFT documents: files, folders of .txt/.md, s3://bucket/prefix, manifest.jsonl"
+    )
+    lift.add_argument("inputs", nargs="*", metavar="INPUT", help="file, folder, s3://bucket/prefix or manifest.jsonl")
+    lift.add_argument(
+        "--input",
+        dest="more_inputs",
+        action="append",
+        default=[],
+        metavar="INPUT",
+        help="another input, like the positional ones (repeatable)",
+    )
+    lift.add_argument("--output", help="local path or s3://bucket/prefix for adapters and reports (sets storage.root)")
+    lift.add_argument("--run-id", help="name of the report folder _reports/<run-id> (default: UTC time + random)")
     _config_args(lift)
     demo = commands.add_parser("demo", help="LIFT the bundled sample document, serve it, ask it questions")
     demo.add_argument("--port", type=int, default=8000)
@@ -148,7 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     ask_cmd.add_argument("question")
     ask_cmd.add_argument("--url", default="http://127.0.0.1:8000")
     args = parser.parse_args(argv)
+    if args.command == "lift" and not [*args.inputs, *args.more_inputs]:
+        lift.error("give at least one input (positionally or with --input)")
     _setup_logging()
+
+    if args.command == "lift":
+        return _lift_command(args, [*args.inputs, *args.more_inputs])
 
     if args.command == "ask":
         from lift_ray.client import ask
@@ -164,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(3600)
     config = load_config(LiftConfig, args.config, args.overrides)
     print("lift config:\n" + config.to_yaml())
-    if args.command == "lift":
-        return run_lift(config, args.inputs)
     return run_demo(config, args.port)
 
 

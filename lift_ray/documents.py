@@ -56,19 +56,24 @@ class Document:
     def from_bytes(cls, doc_id: str, data: bytes) -> Document:
         """A document from raw bytes, which must be UTF-8 text with something in it."""
         validate_doc_id(doc_id)
+        if not data:
+            raise DocumentError(f"document {doc_id!r} is empty (0 bytes)")
+        # Checked on the bytes, before decoding: binary files are usually not valid UTF-8 either, and
+        # "binary" is the more useful reason.
+        if b"\x00" in data:
+            raise DocumentError(f"document {doc_id!r} looks binary (it contains NUL bytes)")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DocumentError(f"document {doc_id!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-        if "\x00" in text:
-            raise DocumentError(f"document {doc_id!r} looks binary (it contains NUL bytes)")
         document = cls(doc_id=doc_id, text=text, sha256=hashlib.sha256(data).hexdigest())
         document.check_not_empty()
         return document
 
     def check_not_empty(self) -> None:
         """Raise DocumentError if the document has no text to learn from."""
-        if not self.text.strip():
+        # isspace() instead of strip(): no copy of a document that may be tens of MB.
+        if not self.text or self.text.isspace():
             raise DocumentError(f"document {self.doc_id!r} is empty or whitespace only")
 
 
@@ -79,19 +84,33 @@ def read_document_file(path: str | Path, doc_id: str | None = None) -> Document:
 
 
 def _cut_at_whitespace(text: str, limit: int) -> list[str]:
-    """Cut `text` into pieces of at most `limit` characters, preferring whitespace boundaries."""
+    """Cut `text` into pieces of at most `limit` characters, preferring whitespace boundaries.
+
+    Works on positions in `text` rather than on shrinking copies of it, so a multi-MB paragraph costs
+    one pass, not one copy of the remainder per piece.
+    """
     pieces: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        cut = rest.rfind(" ", limit // 2, limit)
-        cut = cut if cut > 0 else limit
-        pieces.append(rest[:cut].strip())
-        rest = rest[cut:].strip()
-    if rest:
-        pieces.append(rest)
+    start, end = _skip_space(text, 0, len(text)), len(text)
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while end - start > limit:
+        space = text.rfind(" ", start + limit // 2, start + limit)
+        cut = space if space > start else start + limit
+        pieces.append(text[start:cut].strip())
+        start = _skip_space(text, cut, end)
+    if end > start:
+        pieces.append(text[start:end])
     return pieces
 
 
+def _skip_space(text: str, start: int, end: int) -> int:
+    """The first position at or after `start` (before `end`) that is not whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    return start
+
+
+_WHITESPACE = re.compile(r"\s+")
 _segmenter = None
 
 
@@ -104,7 +123,8 @@ def split_sentences(text: str, max_sentence_chars: int = 1000) -> list[str]:
         _segmenter = pysbd.Segmenter(language="en", clean=False)
     sentences: list[str] = []
     for paragraph in re.split(r"\n\s*\n", text):
-        paragraph = " ".join(paragraph.split())
+        # One substitution, not a list of every word: paragraphs can be megabytes long.
+        paragraph = _WHITESPACE.sub(" ", paragraph).strip()
         if not paragraph:
             continue
         # pysbd slows down badly on huge unpunctuated blocks: bound its input first.
@@ -146,7 +166,10 @@ def sentence_rows(
 
 
 def collect_documents(paths: list[str | Path]) -> tuple[list[Document], dict[str, str]]:
-    """Read local files and folders of .txt/.md documents; bad or duplicate ones go to the failures map."""
+    """Read local files and folders of .txt/.md documents; bad or duplicate ones go to the failures map.
+
+    The `lift` command reads through `lift_ray.corpus.read_corpus` (local, s3:// and manifests) instead.
+    """
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -25,16 +28,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the S3 server exited with status {process.returncode}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"the S3 server did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 for the session; boto3 here and in child processes (Ray workers) uses it."""
-    from moto.server import ThreadedMotoServer
+    """A moto S3 server on 127.0.0.1 for the session; boto3 here and in child processes (Ray workers) uses it.
 
+    It runs in its own process: moto's server imports flask, and vLLM's CPU start-up scans every loaded
+    module and trips over flask's context proxies ("Working outside of application context").
+    """
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
+        _wait_for_port(port, process)
         with pytest.MonkeyPatch.context() as patch:
             for name in _AWS_VARIABLES_TO_CLEAR:
                 patch.delenv(name, raising=False)
@@ -44,7 +65,8 @@ def s3_server() -> Iterator[str]:
             patch.setenv("AWS_ENDPOINT_URL", endpoint)
             yield endpoint
     finally:
-        server.stop()
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture
