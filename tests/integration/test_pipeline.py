@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from lift_ray.cli import REPORT_NAME, SUMMARY_NAME, report_key, run_lift
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
-from lift_ray.pipeline import lift_documents, qa_cache_path
+from lift_ray.pipeline import qa_cache_path
 from lift_ray.storage import Store, read_json_lines, read_manifest
 
 pytestmark = pytest.mark.integration
@@ -32,25 +33,40 @@ def pipeline_config(lift_config: LiftConfig) -> LiftConfig:
     )
 
 
-def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_config):
-    good = Document.from_text("pellworth", SMALL_DOCUMENT)
-    empty = Document.from_text("blank", "   \n  ")
-    reports = {r.doc_id: r for r in lift_documents([good, empty], pipeline_config)}
+def _report(store: Store, run_id: str) -> dict[str, dict]:
+    rows = read_json_lines(store, report_key(run_id, REPORT_NAME))
+    return {row["doc_id"]: row for row in rows}
 
-    assert reports["blank"].status == "failed" and "empty" in reports["blank"].error
-    report = reports["pellworth"]
-    assert report.status == "published", report.error
-    assert report.sentences == 3
-    assert report.sentences_with_pairs >= 1 and report.qa_count >= 1
-    assert report.timings["generate_s"] > 0 and report.timings["train_s"] > 0
 
+def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_config, s3_bucket):
+    """The bulk job's own entry (`run_lift`) on documents in S3: real generator, trainer, publish, report."""
+    import boto3
+
+    bucket = s3_bucket.removeprefix("s3://")
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="docs/pellworth.txt", Body=SMALL_DOCUMENT.encode())
+    s3.put_object(Bucket=bucket, Key="docs/blank.txt", Body=b"   \n  ")
+    inputs = [f"{s3_bucket}/docs/"]
+
+    assert run_lift(pipeline_config, inputs, run_id="first") == 1  # the blank document failed
     store = Store.from_uri(pipeline_config.storage.root)
+    report = _report(store, "first")
+    assert report["blank"]["status"] == "failed" and "empty" in report["blank"]["error"]
+    pellworth = report["pellworth"]
+    assert pellworth["status"] == "published", pellworth["error"]
+    assert pellworth["sentences"] == 3
+    assert pellworth["sentences_with_pairs"] >= 1 and pellworth["qa_count"] >= 1
+    assert pellworth["timings"]["generate_s"] > 0 and pellworth["timings"]["train_s"] > 0
+    summary = json.loads(store.read_bytes(report_key("first", SUMMARY_NAME)))
+    assert summary["counts"] == {"published": 1, "skipped": 0, "failed": 1}
+
     manifest = read_manifest(store, "pipeline", "pellworth")
-    assert manifest["qa_count"] == report.qa_count
+    assert manifest["qa_count"] == pellworth["qa_count"]
+    good = Document.from_text("pellworth", SMALL_DOCUMENT)
     cached = read_json_lines(store, qa_cache_path("pipeline", good, pipeline_config))
     assert [row["sentence_index"] for row in cached] == [0, 1, 2]
-    assert sum(len(json.loads(row["qa_json"])) for row in cached) == report.qa_count
+    assert sum(len(json.loads(row["qa_json"])) for row in cached) == pellworth["qa_count"]
 
-    rerun = {r.doc_id: r for r in lift_documents([good], pipeline_config)}
-    assert rerun["pellworth"].status == "skipped"
+    assert run_lift(pipeline_config, inputs, run_id="rerun") == 1
+    assert _report(store, "rerun")["pellworth"]["status"] == "skipped"
     assert read_manifest(store, "pipeline", "pellworth")["published_at"] == manifest["published_at"]
