@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded"
 DEFAULT_CACHE_DIR = Path(os.path.expanduser("~/.cache/lift-ray"))
@@ -88,8 +88,19 @@ class GeneratorSettings(_Section):
     qa_per_sentence: int = Field(5, ge=1, le=20, description="m in the paper")
     max_new_tokens: int = Field(320, ge=16)
     temperature: float = Field(0.0, ge=0)
-    retry_temperature: float = Field(0.7, ge=0, description="sampling temperature for the one retry")
-    max_retries: int = Field(1, ge=0)
+    retry_temperature: float = Field(0.7, ge=0, description="sampling temperature of later retries")
+    max_retries: int = Field(3, ge=0, description="extra attempts for a sentence without a usable pair")
+    require_grounded: bool = Field(
+        True,
+        description="drop pairs whose answer is not in the paragraph, and retry sentences with no pair whose "
+        "answer is in the sentence itself",
+    )
+    samples_per_retry: int = Field(
+        4, ge=1, description="candidates drawn per sentence in each sampled retry; their usable pairs are merged"
+    )
+    retry_without_context: bool = Field(
+        True, description="retries show the sentence alone (small generators drift to the paragraph otherwise)"
+    )
     batch_size: int = Field(16, ge=1, description="sentences per map_batches call")
     num_replicas: int = Field(1, ge=1, description="generator actors")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per generator actor")
@@ -119,17 +130,63 @@ class LoraSettings(_Section):
 
 
 class TrainSettings(_Section):
-    """Supervised fine-tuning on the QA pairs with Ray Train."""
+    """Supervised fine-tuning with Ray Train: what the adapter learns, and how the workers run."""
 
+    variant: Literal["lift", "finetune_raw", "lift_mixed"] = Field(
+        "lift",
+        description="lift: QA pairs only; finetune_raw: language modelling on overlapping raw segments; "
+        "lift_mixed: both, loss = L_raw + gamma * L_QA (LIFT, arXiv 2412.13626, eq. 3)",
+    )
+    gamma: float = Field(1.0, ge=0, description="lift_mixed: weight of the QA loss against the raw-segment loss")
+    segment_tokens: int = Field(
+        128, ge=16, description="finetune_raw/lift_mixed: segment length l in tokens; segments start every 3/8 l"
+    )
     learning_rate: float = Field(1e-3, gt=0)
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1, description="examples per optimizer step, summed over workers")
     max_seq_len: int = Field(256, ge=16)
     weight_decay: float = Field(0.0, ge=0)
+    pipeline: Literal["streaming", "sequential"] = Field(
+        "streaming",
+        description="streaming: epoch 1 trains on QA pairs as the generator writes them; "
+        "sequential: generate every document's QA first, then train",
+    )
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     threads_per_worker: int = Field(1, ge=1, description="torch threads in each CPU worker")
     use_gpu: bool = False
+    max_failures: int = Field(2, ge=0, description="worker-group restarts (Ray Train FailureConfig) before giving up")
+    poll_s: float = Field(0.05, gt=0, description="how long workers sleep when no batch is ready in epoch 1")
+
+
+# Presets fill in whatever a config does not set explicitly (YAML, overrides or constructor arguments win).
+# `cpu` is the default: tuned for the embedded 135M model on CPU cores (see README, "Configuration").
+# `paper` is the LIFT paper's Appendix A (Llama 3, SQuAD/LooGLE): r=128, alpha=256, all linear layers,
+# lr 5e-5, 5 epochs, bf16 base weights.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {},
+    "paper": {
+        "model": {"dtype": "bfloat16"},
+        "lora": {"rank": 128, "alpha": 256, "target_modules": list(ALL_LINEAR)},
+        "train": {"learning_rate": 5e-5, "epochs": 5},
+    },
+}
+
+
+def _with_preset(data: Any) -> Any:
+    """`data` with its preset's values filled in under every section key it does not set itself."""
+    if not isinstance(data, dict):
+        return data
+    preset = data.get("preset", "cpu")
+    if preset not in PRESETS:
+        return data  # the Literal field reports it
+    merged = dict(data)
+    for section, values in PRESETS[preset].items():
+        explicit = merged.get(section)
+        if isinstance(explicit, BaseModel):
+            explicit = explicit.model_dump(exclude_unset=True)
+        merged[section] = {**values, **(explicit or {})}
+    return merged
 
 
 class StorageSettings(_Section):
@@ -142,6 +199,9 @@ class StorageSettings(_Section):
 class LiftConfig(_Section):
     """Every knob of a LIFT run."""
 
+    preset: Literal["cpu", "paper"] = Field(
+        "cpu", description="defaults for model.dtype, lora and train: 'cpu' (embedded model) or 'paper' (Appendix A)"
+    )
     model: ModelSettings = ModelSettings()
     sentences: SentenceSettings = SentenceSettings()
     generator: GeneratorSettings = GeneratorSettings()
@@ -151,6 +211,11 @@ class LiftConfig(_Section):
     seed: int = 0
     work_dir: Path = Field(Path("./runs"), description="local scratch: Ray Train storage, logs")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        return _with_preset(data)
+
     @field_validator("storage")
     @classmethod
     def _namespace_is_safe(cls, storage: StorageSettings) -> StorageSettings:
@@ -158,6 +223,16 @@ class LiftConfig(_Section):
 
         validate_doc_id(storage.namespace, what="namespace")
         return storage
+
+    def _trained_fields(self) -> set[str]:
+        """Train settings that change the adapter; the variant's own knobs only where it uses them
+        (so `lift` configs hash as they did before variants existed)."""
+        fields = {"learning_rate", "epochs", "batch_size", "max_seq_len", "weight_decay"}
+        if self.train.variant != "lift":
+            fields |= {"variant", "segment_tokens"}
+        if self.train.variant == "lift_mixed":
+            fields.add("gamma")
+        return fields
 
     def adapter_hash(self) -> str:
         """Hash of everything that changes the adapter a document gets (not resources or paths)."""
@@ -173,9 +248,7 @@ class LiftConfig(_Section):
                 include={"model", "preset", "qa_per_sentence", "max_new_tokens", "temperature", "max_answer_chars"},
             ),
             "lora": self.lora.model_dump(mode="json"),
-            "train": self.train.model_dump(
-                mode="json", include={"learning_rate", "epochs", "batch_size", "max_seq_len", "weight_decay"}
-            ),
+            "train": self.train.model_dump(mode="json", include=self._trained_fields()),
             "seed": self.seed,
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from difflib import SequenceMatcher
 from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -46,16 +47,22 @@ def best_score(prediction: str, golds: list[str]) -> tuple[float, float]:
     return max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds)
 
 
-def answer_is_grounded(answer: str, sentence: str, min_overlap: float = 0.6) -> bool:
+def answer_is_grounded(answer: str, sentence: str, min_overlap: float = 0.75) -> bool:
     """Whether an answer comes from the sentence: most of its content words appear in it.
 
-    Content words are the normalised tokens that are not function words; an answer with none
-    (such as "it") is not grounded. Numbers count as content words.
+    An answer found whole in the sentence (after normalisation) is grounded. Otherwise content words
+    are the normalised tokens that are not function words; an answer with none (such as "it") is not
+    grounded. Numbers count as content words.
     """
-    content = [t for t in normalize_answer(answer).split() if t not in _FUNCTION_WORDS]
+    normalized_answer, normalized_sentence = normalize_answer(answer), normalize_answer(sentence)
+    content = [t for t in normalized_answer.split() if t not in _FUNCTION_WORDS]
     if not content:
         return False
-    sentence_tokens = set(normalize_answer(sentence).split())
+    if f" {normalized_answer} " in f" {normalized_sentence} ":
+        return True
+    if not normalized_answer.isascii() and normalized_answer in normalized_sentence:
+        return True  # scripts written without spaces between words
+    sentence_tokens = set(normalized_sentence.split())
     found = sum(1 for token in content if token in sentence_tokens)
     return found / len(content) >= min_overlap
 
@@ -71,3 +78,27 @@ def grounded_sentence_fraction(rows: list[dict[str, Any]]) -> float:
         1 for row in rows if any(answer_is_grounded(str(p["answer"]), str(row["sentence"])) for p in row["pairs"])
     )
     return grounded / len(rows)
+
+
+def snap_to_source(answer: str, source: str, min_similarity: float = 0.85) -> str:
+    """The span of `source` that `answer` nearly copies (small generators misspell names: "Tessar Dusk"
+    for "Tessaro Dusk"), or `answer` unchanged when it is exact already or nothing is close enough.
+
+    Windows of the answer's word count (and one more or less) are compared on lower-cased text.
+    """
+    words = answer.split()
+    source_words = source.split()
+    if not words or not source_words:
+        return answer
+    target = " ".join(words).lower()
+    best, best_ratio = answer, min_similarity - 1e-9
+    for size in {max(1, len(words) - 1), len(words), len(words) + 1}:
+        for start in range(0, max(0, len(source_words) - size) + 1):
+            span = " ".join(source_words[start : start + size]).strip(string.punctuation + "“”‘’")
+            matcher = SequenceMatcher(None, target, span.lower())
+            if matcher.real_quick_ratio() <= best_ratio or matcher.quick_ratio() <= best_ratio:
+                continue
+            ratio = matcher.ratio()
+            if ratio > best_ratio:
+                best, best_ratio = span, ratio
+    return answer if best.lower() == target else best

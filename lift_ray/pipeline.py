@@ -3,6 +3,10 @@
 Each stage is a plain function elsewhere in the package; this module is the Ray wiring:
 Ray Data splits documents into sentence rows and runs generator actors over them, Ray Train
 fine-tunes one LoRA adapter per document, and the store publishes it with its manifest last.
+
+With `train.pipeline=streaming` (default) the generator's Ray Dataset is the trainer's input: epoch 1 of
+a document trains on its QA pairs as they are generated, and one TorchTrainer run serves every document
+(see lift_ray/train/trainer.py and docs/training.md). `sequential` generates all QA first, then trains.
 """
 
 from __future__ import annotations
@@ -10,11 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from lift_ray.config import LiftConfig
@@ -22,12 +23,12 @@ from lift_ray.documents import Document, DocumentError, sentence_rows
 from lift_ray.storage import (
     Store,
     document_prefix,
-    publish_adapter,
     read_json_lines,
     read_manifest,
     write_json_lines,
 )
-from lift_ray.train.dataset import qa_pairs_from_rows
+from lift_ray.train.dataset import generation_counters, qa_pairs_from_rows
+from lift_ray.train.loop import DocumentJob
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,8 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=True)
 
 
-def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list[dict[str, Any]]]:
-    """Ray Data: split documents into sentence rows, run generator actors over them; rows grouped by doc id."""
+def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
+    """The lazy Ray Dataset of QA: documents → sentence rows → generator actors → rows with `qa_json`."""
     import ray.data
 
     from lift_ray.synth.engines import engine_runtime_env
@@ -111,7 +112,7 @@ def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list
         # Serve replicas on a small node (with 2 CPUs it deadlocked behind them).
         num_cpus=SPLIT_TASK_CPUS,
     )
-    generated = sentences.map_batches(
+    return sentences.map_batches(
         QAGeneratorActor,
         fn_constructor_kwargs={"config": config},
         batch_size=settings.batch_size,
@@ -120,8 +121,12 @@ def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list
         num_gpus=settings.num_gpus or None,
         runtime_env=engine_runtime_env(settings),
     )
+
+
+def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list[dict[str, Any]]]:
+    """Ray Data: split documents into sentence rows, run generator actors over them; rows grouped by doc id."""
     by_document: dict[str, list[dict[str, Any]]] = {d.doc_id: [] for d in documents}
-    for row in generated.iter_rows():
+    for row in build_qa_stream(documents, config).iter_rows():
         by_document[row["doc_id"]].append(dict(row))
     for rows in by_document.values():
         rows.sort(key=lambda r: r["sentence_index"])
@@ -129,55 +134,57 @@ def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list
 
 
 def _count_generation(report: DocumentReport, rows: list[dict[str, Any]]) -> None:
-    report.sentences = len(rows)
-    report.sentences_with_pairs = sum(1 for r in rows if json.loads(r["qa_json"]))
-    report.malformed_outputs = sum(int(r["malformed"]) for r in rows)
-    report.retried_sentences = sum(1 for r in rows if r["retried"])
-    report.dropped_pairs = sum(int(r["dropped"]) for r in rows)
+    for name, value in generation_counters(rows).items():
+        setattr(report, name, value)
+
+
+def _apply_result(report: DocumentReport, result: dict[str, Any] | None, run_started: float, error: str | None) -> None:
+    """Fill a document's report from what rank 0 recorded for it (None: the training run never finished it)."""
+    if result is None:
+        report.status, report.error = "failed", f"training run failed: {error or 'no result recorded'}"
+        return
+    for name, value in result["counters"].items():
+        setattr(report, name, value)
+    report.qa_count = result["qa_count"]
+    timings = result["timings"]
+    if "generate_s" not in report.timings:  # streamed: the document's QA was complete at qa_ready_at
+        report.timings["generate_s"] = round(timings["qa_ready_at"] - run_started, 2)
+    for name in ("train_s", "publish_s", "compute_s", "wait_s", "overhead_s"):
+        if name in timings:
+            report.timings[name] = round(timings[name], 2)
+    report.timings["model_load_s"] = round(result.get("load_s", 0.0), 2)
+    report.timings["ttft_s"] = round(result["recorded_at"] - run_started, 2)
+    losses = result["history"]["epoch_losses"]
+    report.final_loss = losses[-1] if losses else None
+    report.status, report.error = result["status"], result["error"]
+    report.adapter_uri = result["adapter"].get("adapter_uri")
+    report.adapter_bytes = result["adapter"].get("adapter_bytes")
 
 
 def train_and_publish(
     document: Document, pairs: list[dict[str, str]], config: LiftConfig, store: Store, report: DocumentReport
 ) -> None:
-    """Ray Train on one document's QA pairs, then publish the adapter with its manifest written last."""
-    from lift_ray.train.trainer import train_document_adapter
+    """Ray Train on one document's given QA pairs, then publish the adapter with its manifest written last."""
+    from lift_ray.train.trainer import train_documents_on_ray
 
-    namespace, config_hash = config.storage.namespace, config.adapter_hash()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"lift-{document.doc_id}-") as tmp:
-        adapter_dir = Path(tmp) / "adapter"
-        run_name = f"{document.doc_id}-{config_hash}-{int(time.time())}"
-        metrics = train_document_adapter(config, pairs, run_name, adapter_dir)
-        report.timings["train_s"] = round(time.perf_counter() - started, 2)
-        report.final_loss = metrics.get("loss")
-        started = time.perf_counter()
-        manifest = publish_adapter(
-            store,
-            namespace,
-            document.doc_id,
-            adapter_dir,
-            {
-                "base_model": config.model.base_model,
-                "config_hash": config_hash,
-                "doc_sha256": document.sha256,
-                "qa_count": len(pairs),
-                "final_loss": report.final_loss,
-                "epoch_losses": metrics.get("epoch_losses", []),
-                "step_losses": metrics.get("step_losses", []),
-                "trained_tokens": metrics.get("trained_tokens"),
-                "lora": config.lora.model_dump(mode="json"),
-                "system_prompt": config.model.system_prompt,
-                "created_at": datetime.now(UTC).isoformat(),
-                "timings": report.timings,
-            },
-        )
-    report.timings["publish_s"] = round(time.perf_counter() - started, 2)
-    report.adapter_uri = manifest["adapter_uri"]
-    report.adapter_bytes = manifest["adapter_bytes"]
+    del store  # rank 0 publishes to config.storage.root itself
+    rows = [{"sentence_index": 0, "qa_json": json.dumps(pairs)}]
+    job = DocumentJob(document.doc_id, document.sha256, document.text, rows=rows)
+    started = time.time()
+    results, error = train_documents_on_ray(config, [job])
+    _apply_result(report, results.get(document.doc_id), started, error)
+    if report.status != "published":
+        raise RuntimeError(report.error or "training failed")
 
 
 def lift_documents(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
-    """LIFT every document: skip those already published with this config, fail bad ones alone."""
+    """LIFT every document: skip those already published with this config, fail bad ones alone.
+
+    One TorchTrainer run trains every remaining document; with `train.pipeline=streaming` it also consumes
+    the QA of documents without a cache as the generator writes it.
+    """
+    from lift_ray.train.trainer import train_documents_on_ray
+
     ensure_ray()
     store = Store.from_uri(config.storage.root)
     namespace, config_hash = config.storage.namespace, config.adapter_hash()
@@ -199,51 +206,65 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
         todo.append(document)
 
     # Stage 1+2: sentences and synthetic QA, reusing any cached QA for the same document and generator.
-    rows_by_document: dict[str, list[dict[str, Any]]] = {}
-    to_generate = []
+    known_rows: dict[str, list[dict[str, Any]]] = {}
+    to_generate: list[Document] = []
     for document in todo:
         cache_key = qa_cache_path(namespace, document, config)
-        if store.exists(cache_key):
-            rows_by_document[document.doc_id] = read_json_lines(store, cache_key)
+        if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
+            known_rows[document.doc_id] = []
+            reports[document.doc_id].timings["generate_s"] = 0.0
+        elif store.exists(cache_key):
+            known_rows[document.doc_id] = read_json_lines(store, cache_key)
             reports[document.doc_id].timings["generate_s"] = 0.0
             log.info("%s: QA pairs read from cache %s", document.doc_id, store.child_uri(cache_key))
         else:
             to_generate.append(document)
-    if to_generate:
+    streaming = config.train.pipeline == "streaming"
+    if to_generate and not streaming:
         started = time.perf_counter()
         generated = generate_qa(to_generate, config)
         elapsed = round(time.perf_counter() - started, 2)
         for document in to_generate:
-            rows_by_document[document.doc_id] = generated[document.doc_id]
+            known_rows[document.doc_id] = generated[document.doc_id]
             write_json_lines(store, qa_cache_path(namespace, document, config), generated[document.doc_id])
             reports[document.doc_id].timings["generate_s"] = elapsed
         log.info("generated QA for %d documents in %.1f s", len(to_generate), elapsed)
+        to_generate = []
 
-    # Stage 3+4: one adapter per document, published atomically.
+    # Stage 3+4: one adapter per document, published atomically; documents with known QA first.
+    jobs: list[DocumentJob] = []
     for document in todo:
+        if document.doc_id not in known_rows:
+            continue
+        rows = known_rows[document.doc_id]
         report = reports[document.doc_id]
-        rows = rows_by_document[document.doc_id]
         _count_generation(report, rows)
-        pairs = qa_pairs_from_rows(rows)
-        report.qa_count = len(pairs)
-        if not pairs:
+        report.qa_count = len(qa_pairs_from_rows(rows))
+        if config.train.variant != "finetune_raw" and not report.qa_count:
             report.status = "failed"
             report.error = f"no valid QA pairs from {report.sentences} sentences ({report.malformed_outputs} malformed)"
             log.warning("%s: %s", document.doc_id, report.error)
             continue
-        try:
-            train_and_publish(document, pairs, config, store, report)
-        except Exception as exc:  # one document's failure must not stop the others
-            report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("%s: training or publishing failed", document.doc_id)
-            continue
-        report.status = "published"
-        log.info(
-            "%s: published %s (%d QA pairs, loss %.3f, %s)",
-            document.doc_id,
-            report.adapter_uri,
-            report.qa_count,
-            report.final_loss or float("nan"),
-            report.timings,
-        )
+        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
+    for document in to_generate:
+        expected = len(sentence_rows(document, config.sentences.context_chars, config.sentences.max_sentence_chars))
+        cache_key = qa_cache_path(namespace, document, config)
+        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, None, expected, cache_key))
+    stream = build_qa_stream(to_generate, config) if to_generate else None
+    run_started = time.time()
+    results, error = train_documents_on_ray(config, jobs, stream)
+    for job in jobs:
+        report = reports[job.doc_id]
+        _apply_result(report, results.get(job.doc_id), run_started, error)
+        if report.status == "published":
+            log.info(
+                "%s: published %s (%d QA pairs, loss %.3f, %s)",
+                job.doc_id,
+                report.adapter_uri,
+                report.qa_count,
+                report.final_loss or float("nan"),
+                report.timings,
+            )
+        else:
+            log.warning("%s: %s", job.doc_id, report.error)
     return [reports[d.doc_id] for d in documents]

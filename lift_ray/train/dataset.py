@@ -46,8 +46,11 @@ def tokenize_qa(
     return {"input_ids": input_ids, "labels": labels}
 
 
-def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padding is masked by length, not by token id (SmolLM2's pad token is its end token)."""
+def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding is masked by length, not by token id (SmolLM2's pad token is its end token).
+
+    Examples may carry a loss `weight` (default 1); the batch then has a per-example `weights` tensor.
+    """
     longest = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
@@ -57,4 +60,41 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
         input_ids[row, :length] = torch.tensor(example["input_ids"])
         labels[row, :length] = torch.tensor(example["labels"])
         attention_mask[row, :length] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    if any("weight" in e for e in examples):
+        batch["weights"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+    return batch
+
+
+def segment_starts(total: int, length: int) -> list[int]:
+    """Starts of overlapping segments of `length` over `total` tokens, one every 3/8 * length (LIFT, sec. 3.1).
+
+    The last segment ends exactly at `total`; a text no longer than `length` is one segment.
+    """
+    if total <= length:
+        return [0]
+    stride = max(1, (3 * length) // 8)
+    starts = list(range(0, total - length, stride))
+    if starts[-1] != total - length:
+        starts.append(total - length)
+    return starts
+
+
+def raw_segments(tokenizer: Any, text: str, length: int) -> list[dict[str, list[int]]]:
+    """Language-modelling examples over the document: every token of every segment is learned."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return []
+    return [{"input_ids": ids[s : s + length], "labels": ids[s : s + length]} for s in segment_starts(len(ids), length)]
+
+
+def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """What the generator did for a document's sentence rows (for its report)."""
+    rows = list(rows)
+    return {
+        "sentences": len(rows),
+        "sentences_with_pairs": sum(1 for r in rows if json.loads(r["qa_json"])),
+        "malformed_outputs": sum(int(r.get("malformed", 0)) for r in rows),
+        "retried_sentences": sum(1 for r in rows if r.get("retried")),
+        "dropped_pairs": sum(int(r.get("dropped", 0)) for r in rows),
+    }

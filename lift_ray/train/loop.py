@@ -1,19 +1,40 @@
-"""LoRA fine-tuning on QA pairs: plain PyTorch pieces, used alone or inside Ray Train workers."""
+"""LoRA fine-tuning: plain PyTorch pieces, used alone (one process) or inside Ray Train workers.
+
+`AdapterTrainer` holds one base model and trains a fresh LoRA adapter per document on it, so a worker
+pays model start-up once for any number of documents. Data parallelism goes through a `Collective`
+(one process: `LocalCollective`; Ray Train workers: `TorchCollective` over torch.distributed, gloo or
+NCCL). Gradients of the trainable (LoRA) parameters only are summed with one all-reduce per step,
+weighted by answer tokens, so any split of a batch over workers, even an uneven or empty one, gives
+the same update as one process on the whole batch. That is what lets epoch 1 train on QA pairs as
+they stream in, whatever worker they land on.
+"""
 
 from __future__ import annotations
 
+import logging
 import random
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from lift_ray.config import LiftConfig, LoraSettings
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
-from lift_ray.train.dataset import collate, tokenize_qa
+from lift_ray.train.dataset import (
+    IGNORE_INDEX,
+    collate,
+    generation_counters,
+    qa_pairs_from_rows,
+    raw_segments,
+    tokenize_qa,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,31 +80,6 @@ def make_optimizer(model: Any, config: LiftConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
 
 
-def tokenize_batch(tokenizer: Any, config: LiftConfig, questions: Iterable[str], answers: Iterable[str]) -> dict:
-    """Tokenised, padded tensors for a batch of QA pairs."""
-    examples = [
-        tokenize_qa(tokenizer, config.model.system_prompt, str(q), str(a), config.train.max_seq_len)
-        for q, a in zip(questions, answers, strict=True)
-    ]
-    return collate(examples, tokenizer.pad_token_id)
-
-
-def train_step(model: Any, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> float:
-    """One optimizer step; returns the loss over answer tokens."""
-    device = next(p.device for p in model.parameters())
-    batch = {k: v.to(device) for k, v in batch.items()}
-    loss = model(**batch).loss
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
-
-
-def count_trained_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens the model read in a batch (padding excluded)."""
-    return int(batch["attention_mask"].sum())
-
-
 def save_adapter(model: Any, out_dir: Path, dtype: str) -> Path:
     """Save the LoRA adapter as a PEFT folder, its weights cast to the base model's dtype."""
     unwrapped = model.module if hasattr(model, "module") else model
@@ -95,33 +91,466 @@ def save_adapter(model: Any, out_dir: Path, dtype: str) -> Path:
     return out_dir
 
 
-def shuffled_batches(pairs: list[dict[str, str]], batch_size: int, seed: int) -> Iterator[tuple[list[str], list[str]]]:
-    """Question and answer lists of one epoch, shuffled with `seed`."""
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chosen = [pairs[i] for i in order[start : start + batch_size]]
-        yield [p["question"] for p in chosen], [p["answer"] for p in chosen]
+# --- data parallelism ---------------------------------------------------------------------------------------------
+
+
+class Collective(Protocol):
+    """What data-parallel training needs from a process group."""
+
+    rank: int
+    world_size: int
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over all ranks, in place; returns it."""
+        ...
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `tensor` on every rank, in place; returns it."""
+        ...
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order."""
+        ...
+
+
+class LocalCollective:
+    """One process, no communication."""
+
+    rank = 0
+    world_size = 1
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Nothing to sum with."""
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Already rank 0's."""
+        return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Only this rank's."""
+        return [obj]
+
+
+class TorchCollective:
+    """torch.distributed's default process group (gloo on CPU, NCCL on GPU), as Ray Train sets it up."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks."""
+        self._dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's values everywhere."""
+        self._dist.broadcast(tensor, src=0)
+        return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Pickled objects from every rank."""
+        gathered: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(gathered, obj)
+        return gathered
+
+
+def allocate(available: list[int], batch_size: int) -> list[int]:
+    """How many examples each rank puts into the next step: an even share first, then surplus in rank order.
+
+    The total is min(batch_size, sum(available)); every rank computes the same answer from the same counts.
+    """
+    share = -(-batch_size // len(available))
+    quota = [min(a, share) for a in available]
+    room = min(batch_size, sum(available)) - sum(quota)
+    for rank, a in enumerate(available):
+        extra = min(max(0, room), a - quota[rank])
+        quota[rank] += extra
+        room -= extra
+    while sum(quota) > batch_size:  # shares rounded up: trim from the last ranks
+        rank = max(r for r, q in enumerate(quota) if q > 0)
+        quota[rank] -= 1
+    return quota
+
+
+# --- documents arriving as rows -------------------------------------------------------------------------------------
+
+
+class RowSource(Protocol):
+    """Sentence rows (with `qa_json`) of many documents, arriving over time in any order."""
+
+    def take(self, doc_id: str) -> list[dict[str, Any]]:
+        """Rows of `doc_id` that arrived since the last call; never blocks."""
+        ...
+
+    def exhausted(self) -> bool:
+        """True once no more rows will arrive at this source."""
+        ...
+
+
+class NoRows:
+    """A source with nothing in it (every document's rows are known up front)."""
+
+    def take(self, doc_id: str) -> list[dict[str, Any]]:
+        """Nothing."""
+        return []
+
+    def exhausted(self) -> bool:
+        """Always."""
+        return True
+
+
+class BufferedRowSource:
+    """Reads an iterable of rows on a background thread and sorts them by document as they arrive.
+
+    Inside a Ray Train worker the iterable is the worker's streaming split of the generator's Ray Dataset,
+    so the trainer sees each QA row as soon as Ray Data delivers it and waits only when nothing is there.
+    """
+
+    _END = object()
+
+    def __init__(self, rows: Iterable[dict[str, Any]]) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._buffers: dict[str, list[dict[str, Any]]] = {}
+        self._done = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(rows,), name="lift-row-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, rows: Iterable[dict[str, Any]]) -> None:
+        try:
+            for row in rows:
+                self._queue.put(row)
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self._queue.put(exc)
+        self._queue.put(self._END)
+
+    def _drain(self) -> None:
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is self._END:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._error = item
+            else:
+                row = plain_row(item)
+                self._buffers.setdefault(str(row["doc_id"]), []).append(row)
+        if self._error is not None:
+            raise RuntimeError(f"reading QA rows failed: {self._error}") from self._error
+
+    def take(self, doc_id: str) -> list[dict[str, Any]]:
+        """Rows of `doc_id` that arrived since the last call."""
+        self._drain()
+        return self._buffers.pop(doc_id, [])
+
+    def exhausted(self) -> bool:
+        """True once the reader has hit the end (rows may still be buffered for other documents)."""
+        self._drain()
+        return self._done
+
+
+def plain_row(row: Any) -> dict[str, Any]:
+    """A row as plain Python values (Ray Data may hand out numpy scalars)."""
+    return {k: v.item() if hasattr(v, "item") and not isinstance(v, str | bytes) else v for k, v in dict(row).items()}
+
+
+# --- one base model, one fresh adapter per document -----------------------------------------------------------------
+
+
+@dataclass
+class DocumentJob:
+    """One document to train an adapter for: its QA rows known up front, or `expected_rows` to come from a source."""
+
+    doc_id: str
+    sha256: str = ""
+    text: str = ""
+    rows: list[dict[str, Any]] | None = None
+    expected_rows: int = 0
+    cache_key: str | None = None
+
+
+@dataclass
+class DocumentResult:
+    """What training one document gave (identical on every rank, except `adapter` which only rank 0 fills)."""
+
+    doc_id: str
+    status: str = "trained"  # trained | published | failed
+    error: str | None = None
+    qa_count: int = 0
+    segment_count: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+    history: TrainingHistory = field(default_factory=TrainingHistory)
+    timings: dict[str, float] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for Ray and reports)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+RowsHook = Callable[[DocumentJob, list[dict[str, Any]]], None]
+AdapterHook = Callable[[DocumentJob, Path, DocumentResult], dict[str, Any]]
+
+
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Sum of (weighted) next-token losses over the labelled tokens of a batch, and how many there were."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    losses = F.cross_entropy(
+        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(labels.shape)
+    if "weights" in batch:
+        losses = losses * batch["weights"][:, None].to(losses.dtype)
+    return losses.sum(), int((labels != IGNORE_INDEX).sum())
+
+
+class AdapterTrainer:
+    """One base model on this rank; `train_document` gives each document a fresh LoRA adapter and trains it."""
+
+    def __init__(
+        self, model_dir: Path, config: LiftConfig, collective: Collective | None = None, device: str = "cpu"
+    ) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        started = time.perf_counter()
+        self.config = config
+        self.collective: Collective = collective or LocalCollective()
+        self.device = torch.device(device)
+        self.tokenizer, self.model = load_model_for_training(model_dir, config, device)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.after_step: Callable[[str, int], None] | None = None  # (doc_id, steps so far): a test hook
+        self._steps = 0
+        self.load_s = time.perf_counter() - started
+
+    # -- pieces --
+
+    def fresh_adapter(self) -> None:
+        """Re-initialise the LoRA weights (A random with the run's seed, B zero), identical on all ranks; new AdamW."""
+        torch.manual_seed(self.config.seed)
+        with torch.no_grad():
+            for layer in self.lora_layers:
+                for name in list(layer.lora_A.keys()):
+                    layer.reset_lora_parameters(name, True)
+            if self.collective.world_size > 1:
+                flat = self.collective.broadcast(torch.cat([p.detach().reshape(-1) for p in self.params]))
+                for param, values in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
+                    param.copy_(values.view_as(param))
+        self.optimizer = make_optimizer(self.model, self.config)
+        self._steps = 0
+
+    def qa_examples(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Tokenised QA examples of sentence rows (none for `finetune_raw`); weight gamma in `lift_mixed`."""
+        train = self.config.train
+        if train.variant == "finetune_raw":
+            return []
+        weight = train.gamma if train.variant == "lift_mixed" else 1.0
+        examples = []
+        for pair in qa_pairs_from_rows(rows):
+            example: dict[str, Any] = tokenize_qa(
+                self.tokenizer, self.config.model.system_prompt, pair["question"], pair["answer"], train.max_seq_len
+            )
+            if weight != 1.0:
+                example["weight"] = weight
+            examples.append(example)
+        return examples
+
+    def segment_examples(self, text: str) -> list[dict[str, Any]]:
+        """Raw-text segments of the document for `finetune_raw` and `lift_mixed`."""
+        if self.config.train.variant == "lift" or not text:
+            return []
+        length = min(self.config.train.segment_tokens, self.config.train.max_seq_len)
+        return raw_segments(self.tokenizer, text, length)
+
+    def step(self, examples: list[dict[str, Any]]) -> tuple[float, int, int]:
+        """One synchronised optimizer step; this rank adds `examples` (maybe none) to the global batch.
+
+        Returns the global mean loss per labelled token, the labelled tokens and the tokens read, all ranks.
+        """
+        assert self.optimizer is not None, "fresh_adapter() first"
+        for param in self.params:
+            param.grad = None
+        loss_sum, labelled, read = 0.0, 0, 0
+        if examples:
+            batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
+            loss, labelled = token_loss_sum(self.model, batch)
+            loss.backward()
+            loss_sum, read = float(loss.detach()), int(batch["attention_mask"].sum())
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        totals = torch.tensor([loss_sum, labelled, read], dtype=torch.float32, device=self.device)
+        flat = torch.cat([g.reshape(-1).float() for g in grads] + [totals])
+        self.collective.all_reduce_sum(flat)
+        loss_sum, labelled, read = (float(v) for v in flat[-3:])
+        if labelled == 0:
+            return float("nan"), 0, int(read)
+        flat = flat[:-3] / labelled
+        for param, values in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
+            param.grad = values.view_as(param).to(param.dtype)
+        self.optimizer.step()
+        return loss_sum / labelled, int(labelled), int(read)
+
+    def _run_step(self, examples: list[dict[str, Any]], losses: list[float], result: DocumentResult) -> None:
+        started = time.perf_counter()
+        loss, labelled, read = self.step(examples)
+        result.timings["compute_s"] = result.timings.get("compute_s", 0.0) + time.perf_counter() - started
+        self._steps += 1
+        if self.after_step is not None:
+            self.after_step(result.doc_id, self._steps)
+        if labelled:
+            losses.append(loss)
+            result.history.trained_tokens += read
+
+    def _shuffled_epoch(self, examples: list[dict[str, Any]], epoch: int, result: DocumentResult) -> list[float]:
+        """One epoch over every example in a global order (seed + epoch); rank r takes every r-th of each batch."""
+        collective, batch_size = self.collective, self.config.train.batch_size
+        order = list(range(len(examples)))
+        random.Random(self.config.seed + epoch).shuffle(order)
+        losses: list[float] = []
+        for start in range(0, len(order), batch_size):
+            mine = order[start : start + batch_size][collective.rank :: collective.world_size]
+            self._run_step([examples[i] for i in mine], losses, result)
+        return losses
+
+    def _streaming_epoch(
+        self, job: DocumentJob, source: RowSource, pool: list[dict[str, Any]], result: DocumentResult
+    ) -> tuple[list[dict[str, Any]], list[float]]:
+        """Epoch 1 while the generator writes: a step whenever a full batch is there (or the last, partial one)."""
+        collective, batch_size = self.collective, self.config.train.batch_size
+        world, rank = collective.world_size, collective.rank
+        local_rows: list[dict[str, Any]] = []
+        losses: list[float] = []
+        while True:
+            new_rows = source.take(job.doc_id)
+            local_rows.extend(new_rows)
+            pool.extend(self.qa_examples(new_rows))
+            stats = torch.zeros(world + 2, dtype=torch.float32, device=self.device)
+            stats[rank] = len(pool)
+            stats[world] = len(local_rows)
+            stats[world + 1] = float(source.exhausted())
+            stats = collective.all_reduce_sum(stats).tolist()
+            available = [int(v) for v in stats[:world]]
+            complete = stats[world] >= job.expected_rows or stats[world + 1] == world
+            if sum(available) >= batch_size or (complete and sum(available) > 0):
+                quota = allocate(available, batch_size)[rank]
+                chosen, pool[:] = pool[:quota], pool[quota:]
+                self._run_step(chosen, losses, result)
+            elif complete:
+                if stats[world] < job.expected_rows:
+                    log.warning("%s: stream ended after %d of %d rows", job.doc_id, stats[world], job.expected_rows)
+                return local_rows, losses
+            else:
+                started = time.perf_counter()
+                time.sleep(self.config.train.poll_s)
+                result.timings["wait_s"] = result.timings.get("wait_s", 0.0) + time.perf_counter() - started
+
+    def train_document(
+        self,
+        job: DocumentJob,
+        source: RowSource | None = None,
+        on_rows: RowsHook | None = None,
+        on_adapter: AdapterHook | None = None,
+    ) -> DocumentResult:
+        """Fresh adapter, epochs over the document's examples, then (rank 0) save it and hand it to `on_adapter`.
+
+        Rows come from `job.rows`, or, when that is None, from `source` during epoch 1 (streaming). Every rank
+        must call this for the same jobs in the same order.
+        """
+        collective, epochs = self.collective, self.config.train.epochs
+        result = DocumentResult(job.doc_id, timings={"started_at": time.time(), "compute_s": 0.0, "wait_s": 0.0})
+        started = time.perf_counter()
+        self.fresh_adapter()
+        segments = self.segment_examples(job.text)
+        result.segment_count = len(segments)
+        first_epoch = 0
+        if job.rows is None:
+            pool = segments[collective.rank :: collective.world_size]
+            local_rows, losses = self._streaming_epoch(job, source or NoRows(), pool, result)
+            rows = sorted(
+                (r for part in collective.all_gather_object(local_rows) for r in part),
+                key=lambda r: int(r["sentence_index"]),
+            )
+            result.history.step_losses.extend(losses)
+            if losses:
+                result.history.epoch_losses.append(sum(losses) / len(losses))
+            first_epoch = 1
+        else:
+            rows = job.rows
+        result.timings["qa_ready_at"] = time.time()
+        result.counters = generation_counters(rows)
+        examples = self.qa_examples(rows)
+        result.qa_count = len(qa_pairs_from_rows(rows))
+        if collective.rank == 0 and on_rows is not None and job.rows is None:
+            on_rows(job, rows)
+        examples += segments
+        if not examples or (self.config.train.variant != "finetune_raw" and result.qa_count == 0):
+            result.status = "failed"
+            result.error = (
+                f"no valid QA pairs from {result.counters['sentences']} sentences "
+                f"({result.counters['malformed_outputs']} malformed)"
+            )
+            return result
+        for epoch in range(first_epoch, epochs):
+            losses = self._shuffled_epoch(examples, epoch, result)
+            result.history.step_losses.extend(losses)
+            result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
+        result.timings["train_s"] = time.perf_counter() - started
+        result.history.seconds = result.timings["train_s"]
+        if collective.rank == 0:
+            publish_started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix=f"lift-{job.doc_id}-") as tmp:
+                adapter_dir = save_adapter(self.model, Path(tmp) / "adapter", self.config.model.dtype)
+                if on_adapter is not None:
+                    try:
+                        result.adapter = on_adapter(job, adapter_dir, result)
+                        result.status = "published"
+                    except Exception as exc:  # one document's publishing failure must not stop the others
+                        log.exception("%s: publishing failed", job.doc_id)
+                        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+            result.timings["publish_s"] = time.perf_counter() - publish_started
+        result.timings["done_at"] = time.time()
+        result.timings["overhead_s"] = (
+            time.perf_counter() - started - result.timings["compute_s"] - result.timings["wait_s"]
+        )
+        log.info("%s: trained (%s)", job.doc_id, {k: round(v, 2) for k, v in result.timings.items()})
+        return result
 
 
 def train_adapter_locally(
     model_dir: Path, pairs: list[dict[str, str]], config: LiftConfig, out_dir: Path
 ) -> TrainingHistory:
     """Train an adapter in this process (no Ray): the reference the Ray Train path must match."""
+    import json
+    import shutil
+
     torch.set_num_threads(max(1, config.train.threads_per_worker))
-    tokenizer, model = load_model_for_training(model_dir, config)
-    model.train()
-    optimizer = make_optimizer(model, config)
-    history = TrainingHistory()
-    started = time.perf_counter()
-    for epoch in range(config.train.epochs):
-        losses = []
-        for questions, answers in shuffled_batches(pairs, config.train.batch_size, config.seed + epoch):
-            batch = tokenize_batch(tokenizer, config, questions, answers)
-            losses.append(train_step(model, batch, optimizer))
-            history.trained_tokens += count_trained_tokens(batch)
-        history.step_losses.extend(losses)
-        history.epoch_losses.append(sum(losses) / max(1, len(losses)))
-    history.seconds = time.perf_counter() - started
-    save_adapter(model, out_dir, config.model.dtype)
-    return history
+    trainer = AdapterTrainer(model_dir, config)
+
+    def keep(_job: DocumentJob, adapter_dir: Path, _result: DocumentResult) -> dict[str, Any]:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(adapter_dir, out_dir)
+        return {"adapter_dir": str(out_dir)}
+
+    rows = [{"sentence_index": 0, "qa_json": json.dumps(pairs)}]
+    result = trainer.train_document(DocumentJob("local", rows=rows), on_adapter=keep)
+    if result.status != "published":
+        raise RuntimeError(result.error or "training failed")
+    return result.history

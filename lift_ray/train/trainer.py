@@ -1,11 +1,20 @@
-"""Ray Train wiring: data-parallel LoRA SFT of one document's QA pairs with TorchTrainer."""
+"""Ray Train wiring: one TorchTrainer run trains and publishes adapters for many documents.
+
+Workers load the base model once and loop over the run's documents (`AdapterTrainer.train_document`),
+so bulk LIFT pays trainer and model start-up once per run, not once per document. Documents whose QA
+is still being generated arrive through Ray Data: the generator's streaming dataset is the trainer's
+`train` dataset, split between workers as it is produced (`streaming_split(equal=False)`: no row is
+dropped, and the loop tolerates uneven shards). Rank 0 writes each document's QA cache, publishes its
+adapter and records the outcome in a small `ResultCollector` actor, which also tells a restarted
+worker group (FailureConfig) which documents are done, so each document publishes once.
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
+import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,100 +22,227 @@ import torch
 
 from lift_ray.config import LiftConfig
 from lift_ray.models import resolve_base_model
+from lift_ray.storage import Store, publish_adapter, write_json_lines
 from lift_ray.train.loop import (
-    count_trained_tokens,
-    load_model_for_training,
-    make_optimizer,
-    save_adapter,
-    tokenize_batch,
-    train_step,
+    AdapterTrainer,
+    BufferedRowSource,
+    DocumentJob,
+    DocumentResult,
+    NoRows,
+    RowSource,
+    TorchCollective,
 )
 
 log = logging.getLogger(__name__)
 
 
+class ResultCollector:
+    """Outcome of every document of a run, as rank 0 reports it; survives worker-group restarts."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, dict[str, Any]] = {}
+        self._publishes: dict[str, int] = {}
+        self.started_at = time.time()
+
+    def record(self, doc_id: str, result: dict[str, Any]) -> None:
+        """Keep `result` for `doc_id` (the last one wins) and count publishes."""
+        result = {**result, "recorded_at": time.time()}
+        self._results[doc_id] = result
+        if result.get("status") == "published":
+            self._publishes[doc_id] = self._publishes.get(doc_id, 0) + 1
+
+    def finished(self) -> list[str]:
+        """Documents with a final outcome (published, or failed for a reason of their own)."""
+        return list(self._results)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Every recorded outcome, by document id."""
+        return dict(self._results)
+
+    def publishes(self) -> dict[str, int]:
+        """How many times each document was published in this run."""
+        return dict(self._publishes)
+
+
+def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResult) -> dict[str, Any]:
+    """The manifest fields that describe how an adapter was made."""
+    return {
+        "base_model": config.model.base_model,
+        "config_hash": config.adapter_hash(),
+        "doc_sha256": job.sha256,
+        "variant": config.train.variant,
+        "qa_count": result.qa_count,
+        "segment_count": result.segment_count,
+        "final_loss": result.history.final_loss,
+        "epoch_losses": result.history.epoch_losses,
+        "step_losses": result.history.step_losses,
+        "trained_tokens": result.history.trained_tokens,
+        "lora": config.lora.model_dump(mode="json"),
+        "adapter_dtype": config.model.dtype,
+        "system_prompt": config.model.system_prompt,
+        "created_at": datetime.now(UTC).isoformat(),
+        "timings": {k: round(v, 3) for k, v in result.timings.items() if k.endswith("_s")},
+    }
+
+
+class StorePublisher:
+    """Rank 0's hooks: write a streamed document's QA cache, publish its adapter with the manifest last."""
+
+    def __init__(self, config: LiftConfig) -> None:
+        self.config = config
+        self.store = Store.from_uri(config.storage.root)
+
+    def rows(self, job: DocumentJob, rows: list[dict[str, Any]]) -> None:
+        """The QA cache of a document whose rows were streamed to the workers (the driver never saw them)."""
+        if job.cache_key:
+            write_json_lines(self.store, job.cache_key, rows)
+
+    def adapter(self, job: DocumentJob, adapter_dir: Path, result: DocumentResult) -> dict[str, Any]:
+        """Publish; returns the adapter's uri and size."""
+        manifest = adapter_manifest(self.config, job, result)
+        manifest = publish_adapter(self.store, self.config.storage.namespace, job.doc_id, adapter_dir, manifest)
+        return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
+
+
+class _KillOnce:
+    """Test hook: a real worker death in the middle of a document's training, once.
+
+    With a marker path, the worker of rank 1 kills its own process (SIGKILL) right after its first training
+    step on the run's second document, having written its pid to the marker so that the retry runs clean.
+    """
+
+    def __init__(self, rank: int, second_doc_id: str | None, marker: str | None) -> None:
+        self.marker = marker
+        self.armed = bool(marker) and rank == 1 and not Path(str(marker)).exists()
+        self.doc_id = second_doc_id
+
+    def __call__(self, doc_id: str, step: int) -> None:
+        if self.armed and doc_id == self.doc_id and step == 1:
+            Path(str(self.marker)).write_text(str(os.getpid()))
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Runs in every Ray Train worker: LoRA-wrap the base model, DDP over the LoRA parameters, train, report."""
+    """Runs in every Ray Train worker: base model once, then one fresh adapter per document of the run."""
+    import ray
     import ray.train
     import ray.train.torch
 
     config = LiftConfig.model_validate(loop_config["config"])
+    jobs: list[DocumentJob] = ray.get(loop_config["jobs"])
+    collector = loop_config["collector"]
     context = ray.train.get_context()
-    world_size, rank = context.get_world_size(), context.get_world_rank()
-    if not config.train.use_gpu:
+    rank = context.get_world_rank()
+    if config.train.use_gpu:
+        device = str(ray.train.torch.get_device())
+    else:
+        device = "cpu"
         torch.set_num_threads(config.train.threads_per_worker)
+    collective = TorchCollective()
     model_dir = resolve_base_model(config.model.base_model, Path(config.model.cache_dir))
-    tokenizer, model = load_model_for_training(model_dir, config)
-    # DDP only all-reduces parameters that require grad: the LoRA weights.
-    model = ray.train.torch.prepare_model(model)
-    model.train()
-    optimizer = make_optimizer(model, config)
-    shard = ray.train.get_dataset_shard("train")
-    per_worker_batch = max(1, config.train.batch_size // world_size)
-    step_losses: list[float] = []
-    epoch_losses: list[float] = []
-    trained_tokens = 0
-    started = time.perf_counter()
-    for epoch in range(config.train.epochs):
-        losses = []
-        for batch in shard.iter_batches(
-            batch_size=per_worker_batch,
-            batch_format="numpy",
-            local_shuffle_buffer_size=256,
-            local_shuffle_seed=config.seed + epoch,
-        ):
-            tensors = tokenize_batch(tokenizer, config, batch["question"], batch["answer"])
-            losses.append(train_step(model, tensors, optimizer))
-            trained_tokens += count_trained_tokens(tensors)
-        step_losses.extend(losses)
-        epoch_losses.append(sum(losses) / max(1, len(losses)))
-        log.info("rank %d epoch %d loss %.4f", rank, epoch, epoch_losses[-1])
-        if epoch < config.train.epochs - 1:
-            ray.train.report({"epoch": epoch, "loss": epoch_losses[-1]})
-    metrics = {
-        "epoch": config.train.epochs - 1,
-        "loss": epoch_losses[-1] if epoch_losses else float("nan"),
-        "epoch_losses": epoch_losses,
-        "step_losses": step_losses,
-        # Tokens seen by all workers, assuming equal shards (Ray Data's equal split).
-        "trained_tokens": trained_tokens * world_size,
-        "train_loop_seconds": time.perf_counter() - started,
-    }
-    with tempfile.TemporaryDirectory() as checkpoint_dir:
+    trainer = AdapterTrainer(model_dir, config, collective, device)
+    log.info("rank %d: model ready in %.1f s", rank, trainer.load_s)
+    source: RowSource = NoRows()
+    if loop_config["streaming"]:
+        source = BufferedRowSource(ray.train.get_dataset_shard("train").iter_rows())
+    publisher = StorePublisher(config) if rank == 0 else None
+    finished = set(ray.get(collector.finished.remote()))  # from an earlier attempt of this run
+    second = jobs[1].doc_id if len(jobs) > 1 else None
+    trainer.after_step = _KillOnce(rank, second, loop_config.get("kill_once_marker"))
+    for job in jobs:
+        if job.doc_id in finished:
+            if job.rows is None:
+                source.take(job.doc_id)  # regenerated rows of a finished document: dropped
+            continue
+        result = trainer.train_document(
+            job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
+        )
         if rank == 0:
-            save_adapter(model, Path(checkpoint_dir), config.model.dtype)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
-        else:
-            ray.train.report(metrics, checkpoint=None)
+            ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), "load_s": trainer.load_s}))
+    ray.train.report({"documents": len(jobs)})
 
 
-def train_document_adapter(
-    config: LiftConfig, pairs: list[dict[str, str]], run_name: str, out_dir: Path
-) -> dict[str, Any]:
-    """Fine-tune a LoRA adapter on `pairs` with a TorchTrainer; copy it to `out_dir`; return the metrics."""
-    import ray.data
+class _StreamingDataConfig:
+    """Builds a ray.train.DataConfig whose split is `equal=False`: Ray Train's default (`equal=True`) truncates
+    the dataset to a multiple of the worker count and holds rows back to even out the splits."""
+
+    @staticmethod
+    def make() -> Any:
+        import ray.train
+
+        class StreamingDataConfig(ray.train.DataConfig):
+            def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # noqa: ANN001
+                output: list[dict[str, Any]] = [{} for _ in range(world_size)]
+                for name, dataset in datasets.items():
+                    dataset = dataset.copy(dataset)
+                    dataset.context.execution_options = self._resolve_execution_options(name)
+                    hints = worker_node_ids if self._enable_shard_locality else None
+                    splits = dataset.streaming_split(world_size, equal=False, locality_hints=hints)
+                    for rank, split in enumerate(splits):
+                        output[rank][name] = split
+                return output
+
+        return StreamingDataConfig()
+
+
+def train_documents_on_ray(
+    config: LiftConfig,
+    jobs: list[DocumentJob],
+    stream: Any | None = None,
+    run_name: str | None = None,
+    kill_once_marker: str | None = None,
+) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """One TorchTrainer run for all `jobs`: each document's recorded result, and the run's error if it failed.
+
+    `stream` is the Ray Dataset of sentence rows with `qa_json` for the jobs whose `rows` is None. Documents
+    without a result did not finish (the run failed after `train.max_failures` restarts).
+    `kill_once_marker` is for tests: see `_KillOnce`.
+    """
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    if not pairs:
-        raise ValueError("no QA pairs to train on")
-    dataset = ray.data.from_items(pairs)
+    if not jobs:
+        return {}, None
+    if config.storage.root and "://" not in config.storage.root:  # workers run elsewhere: no relative paths
+        config = config.model_copy(
+            update={"storage": config.storage.model_copy(update={"root": str(Path(config.storage.root).resolve())})}
+        )
+    collector = ray.remote(num_cpus=0)(ResultCollector).remote()
+    run_name = run_name or f"lift-{config.adapter_hash()}-{int(time.time() * 1000)}"
     storage_path = (Path(config.work_dir) / "ray_train").resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.model_dump(mode="json")},
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "jobs": ray.put(jobs),
+            "collector": collector,
+            "streaming": stream is not None,
+            "kill_once_marker": kill_once_marker,
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.train.num_workers,
             use_gpu=config.train.use_gpu,
             resources_per_worker={"CPU": config.train.cpus_per_worker},
         ),
-        run_config=ray.train.RunConfig(name=run_name, storage_path=str(storage_path)),
-        datasets={"train": dataset},
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(storage_path),
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+        ),
+        datasets={"train": stream} if stream is not None else None,
+        dataset_config=_StreamingDataConfig.make(),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training run {run_name} finished without an adapter checkpoint")
-    with result.checkpoint.as_directory() as checkpoint_dir:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        shutil.copytree(checkpoint_dir, out_dir)
-    return dict(result.metrics or {})
+    error = None
+    try:
+        trainer.fit()
+    except Exception as exc:  # the documents that finished before it are still published
+        log.exception("training run %s failed", run_name)
+        error = f"{type(exc).__name__}: {exc}"
+    results = ray.get(collector.results.remote())
+    for doc_id, count in ray.get(collector.publishes.remote()).items():
+        results[doc_id]["publishes"] = count
+    ray.kill(collector)
+    return results, error

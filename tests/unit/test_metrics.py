@@ -44,3 +44,19 @@ def test_groundedness():
     ]
     assert grounded_sentence_fraction(rows) == pytest.approx(1 / 3)
     assert grounded_sentence_fraction([]) == 0.0
+
+
+def test_groundedness_of_answers_in_scripts_without_spaces():
+    assert answer_is_grounded("托马斯", "厂长是托马斯。")
+    assert not answer_is_grounded("伊尔莎", "厂长是托马斯。")
+    assert answer_is_grounded("Tomas Quell", "Its director is Tomas Quell, a former guide.")
+
+
+def test_near_copies_snap_to_the_source_span():
+    from lift_ray.metrics import snap_to_source
+
+    source = "Only three workers at a time know the full recipe for Tessaro Dusk."
+    assert snap_to_source("Tessar Dusk", source) == "Tessaro Dusk"
+    assert snap_to_source("three workers", source) == "three workers"  # exact already
+    assert snap_to_source("manganese", source) == "manganese"  # nothing close: unchanged
+    assert snap_to_source("", source) == ""

@@ -1,0 +1,248 @@
+"""Pipeline benchmark: training while generating vs generate-then-train, TTFT vs length, bulk overheads.
+
+    .venv/bin/python jobs/bench_pipeline.py [--sentences 8] [--ttft-lengths 4,16] [--bulk-docs 3]
+                                            [--config lift.yaml] [--set key=value ...]
+
+On one local Ray instance, with the configured engine and settings (defaults: 2 epochs, m=2, small
+invented-fact documents, so it stays around 15 minutes on 2 cores):
+
+1. generate-then-train (`train.pipeline=sequential`) and pipelined (`streaming`) LIFT of the same
+   document, each in a fresh namespace (no cache): wall times, their ratio, and how close the
+   pipelined time comes to max(generation alone, training alone), both taken from the sequential run;
+2. TTFT (document in → adapter published, i.e. servable) of pipelined LIFT at a few document lengths;
+3. bulk: the documents of 1-2 again from their QA caches in one TorchTrainer run, against a bare
+   PyTorch loop (same `AdapterTrainer`, one process, same cores) on the same work. Fixed per-document
+   overhead = time in a document's training that is not optimizer steps or waiting for data (fresh
+   adapter, gathering rows, saving, publishing) over its step time; Ray Train overhead = (Ray run wall
+   − bare loop wall) / bare loop wall, both including model start-up.
+
+Writes docs/results/pipeline.json, docs/results/pipeline_ttft.png and the `pipeline` table in
+docs/benchmarks.md. Not a test: compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
+from lift_ray.config import LiftConfig, load_config
+from lift_ray.documents import Document
+from lift_ray.models import load_tokenizer, resolve_base_model
+from lift_ray.pipeline import lift_documents, qa_cache_path
+from lift_ray.storage import Store, read_json_lines
+from lift_ray.train.loop import AdapterTrainer, DocumentJob
+
+BENCH_DEFAULTS = [
+    "train.epochs=2",
+    "generator.qa_per_sentence=2",
+    "generator.batch_size=4",
+    "train.num_workers=2",
+    "train.cpus_per_worker=0.5",
+    "generator.num_cpus=0.5",
+]
+PLACES = ["Caldry", "Morwen", "Tessel", "Brannock", "Ilvar", "Quenby", "Ostrel", "Pardith", "Sollen", "Vaske"]
+THINGS = ["bronze clock", "glass works", "salt mill", "river ferry", "copper bell", "stone bridge", "paper mill"]
+
+
+def make_document(doc_id: str, sentences: int) -> Document:
+    """A document of `sentences` invented facts (the base model cannot know them)."""
+    lines = [
+        f"The {THINGS[i % len(THINGS)]} of {PLACES[(i * 3) % len(PLACES)]} was built in {1801 + 7 * i} "
+        f"by a mason named {PLACES[(i * 7 + 1) % len(PLACES)]}son."
+        for i in range(sentences)
+    ]
+    return Document.from_text(doc_id, " ".join(lines))
+
+
+def _config(base: LiftConfig, namespace: str, pipeline: str) -> LiftConfig:
+    return base.model_copy(
+        update={
+            "storage": base.storage.model_copy(update={"namespace": namespace}),
+            "train": base.train.model_copy(update={"pipeline": pipeline}),
+        }
+    )
+
+
+def lift_one(base: LiftConfig, document: Document, namespace: str, pipeline: str) -> dict[str, Any]:
+    """LIFT one document in a fresh namespace; wall time and its report."""
+    started = time.perf_counter()
+    [report] = lift_documents([document], _config(base, namespace, pipeline))
+    wall = time.perf_counter() - started
+    if report.status != "published":
+        raise RuntimeError(f"{document.doc_id} ({pipeline}): {report.error}")
+    logging.info("%s %s: %.1f s %s", document.doc_id, pipeline, wall, report.timings)
+    return {"wall_s": wall, "report": report.to_dict()}
+
+
+def cached_jobs(base: LiftConfig, documents: dict[str, tuple[Document, str]]) -> list[DocumentJob]:
+    """Jobs with the QA rows the earlier runs cached."""
+    store = Store.from_uri(base.storage.root)
+    jobs = []
+    for document, namespace in documents.values():
+        rows = read_json_lines(store, qa_cache_path(namespace, document, base))
+        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
+    return jobs
+
+
+def bare_loop(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
+    """The same documents through AdapterTrainer in this process (no Ray), with every core."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    started = time.perf_counter()
+    trainer = AdapterTrainer(resolve_base_model(base.model.base_model, Path(base.model.cache_dir)), base)
+    results = [trainer.train_document(job, on_adapter=lambda *_: {}) for job in jobs]
+    return {"wall_s": time.perf_counter() - started, "compute_s": sum(r.timings["compute_s"] for r in results)}
+
+
+def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
+    """The same documents in one TorchTrainer run, published to a fresh namespace."""
+    from lift_ray.train.trainer import train_documents_on_ray
+
+    config = _config(base, "bulk", "sequential")
+    started = time.perf_counter()
+    results, error = train_documents_on_ray(config, jobs)
+    wall = time.perf_counter() - started
+    if error or len(results) != len(jobs):
+        raise RuntimeError(f"bulk run failed: {error}")
+    per_doc = []
+    for job in jobs:
+        timings = results[job.doc_id]["timings"]
+        fixed = timings["overhead_s"]  # includes publish_s (rank 0)
+        per_doc.append({"doc_id": job.doc_id, "compute_s": timings["compute_s"], "fixed_s": fixed})
+    return {"wall_s": wall, "per_doc": per_doc, "load_s": results[jobs[0].doc_id]["load_s"]}
+
+
+def plot_ttft(points: list[dict[str, Any]], path: Path) -> None:
+    """TTFT vs document length (tokens), pipelined and sequential where measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, marker in (("pipelined", "o-"), ("sequential", "s--")):
+        chosen = sorted((p["tokens"], p["ttft_s"]) for p in points if p["mode"] == mode)
+        if chosen:
+            ax.plot([c[0] for c in chosen], [c[1] for c in chosen], marker, label=mode)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("TTFT: document in → adapter servable (s)")
+    ax.set_title("LIFT time to first token")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--sentences", type=int, default=8, help="length of the main document")
+    parser.add_argument("--ttft-lengths", default="4,16", help="more document lengths (sentences) for the TTFT plot")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        base = load_config(
+            LiftConfig,
+            args.config,
+            [*BENCH_DEFAULTS, f"storage.root={tmp}/store", f"work_dir={tmp}/work", *args.overrides],
+        )
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
+        tokenizer = load_tokenizer(resolve_base_model(base.model.base_model, Path(base.model.cache_dir)))
+        main_doc = make_document(f"doc{args.sentences}", args.sentences)
+        sequential = lift_one(base, main_doc, "sequential", "sequential")
+        pipelined = lift_one(base, main_doc, "pipelined", "streaming")
+        generation_only = sequential["report"]["timings"]["generate_s"]
+        training_only = sequential["wall_s"] - generation_only
+        ttft = [
+            {"mode": "sequential", "ttft_s": sequential["wall_s"]},
+            {"mode": "pipelined", "ttft_s": pipelined["report"]["timings"]["ttft_s"]},
+        ]
+        for point in ttft:
+            point.update(sentences=args.sentences, tokens=len(tokenizer(main_doc.text)["input_ids"]))
+        documents = {main_doc.doc_id: (main_doc, "pipelined")}
+        for length in [int(x) for x in args.ttft_lengths.split(",") if x.strip()]:
+            document = make_document(f"doc{length}", length)
+            run = lift_one(base, document, f"ttft{length}", "streaming")
+            tokens = len(tokenizer(document.text)["input_ids"])
+            ttft.append(
+                {
+                    "mode": "pipelined",
+                    "sentences": length,
+                    "tokens": tokens,
+                    "ttft_s": run["report"]["timings"]["ttft_s"],
+                }
+            )
+            documents[document.doc_id] = (document, f"ttft{length}")
+
+        jobs = cached_jobs(base, documents)
+        ray_bulk = bulk_on_ray(base, jobs)
+        ray.shutdown()
+        bare = bare_loop(base, jobs)
+
+    fixed = sum(d["fixed_s"] for d in ray_bulk["per_doc"])
+    compute = sum(d["compute_s"] for d in ray_bulk["per_doc"])
+    figures = {
+        "device": device_description(),
+        "engine": base.generator.engine,
+        "settings": {
+            "epochs": base.train.epochs,
+            "qa_per_sentence": base.generator.qa_per_sentence,
+            "lora_rank": base.lora.rank,
+            "num_workers": base.train.num_workers,
+            "main_document_sentences": args.sentences,
+        },
+        "pipelined_s": round(pipelined["wall_s"], 1),
+        "sequential_s": round(sequential["wall_s"], 1),
+        "speedup": round(sequential["wall_s"] / pipelined["wall_s"], 2),
+        "generation_only_s": round(generation_only, 1),
+        "training_only_s": round(training_only, 1),
+        "pipelined_over_ideal": round(pipelined["wall_s"] / max(generation_only, training_only), 2),
+        "ttft": ttft,
+        "bulk_documents": len(jobs),
+        "bulk_ray_wall_s": round(ray_bulk["wall_s"], 1),
+        "bulk_bare_wall_s": round(bare["wall_s"], 1),
+        "bulk_model_load_s": round(ray_bulk["load_s"], 1),
+        "bulk_per_doc": ray_bulk["per_doc"],
+        "per_doc_overhead_fraction": round(fixed / compute, 3),
+        "ray_train_overhead_fraction": round((ray_bulk["wall_s"] - bare["wall_s"]) / bare["wall_s"], 3),
+        "ray_train_step_overhead_fraction": round((compute - bare["compute_s"]) / bare["compute_s"], 3),
+    }
+    write_results("pipeline", figures)
+    plot_ttft(ttft, RESULTS_DIR / "pipeline_ttft.png")
+    rows = [
+        ["generate-then-train (s)", figures["sequential_s"]],
+        ["pipelined (s)", figures["pipelined_s"]],
+        ["speedup", figures["speedup"]],
+        ["generation alone / training alone (s)", f"{figures['generation_only_s']} / {figures['training_only_s']}"],
+        ["pipelined / max(generation, training)", figures["pipelined_over_ideal"]],
+        [
+            f"bulk: {len(jobs)} documents, one Ray Train run / bare loop (s)",
+            f"{figures['bulk_ray_wall_s']} / {figures['bulk_bare_wall_s']}",
+        ],
+        ["fixed per-document overhead / step time", figures["per_doc_overhead_fraction"]],
+        ["Ray Train overhead vs bare PyTorch (wall, incl. start-up)", figures["ray_train_overhead_fraction"]],
+        ["Ray Train overhead vs bare PyTorch (optimizer steps only)", figures["ray_train_step_overhead_fraction"]],
+    ]
+    update_benchmarks_section(
+        "pipeline",
+        f"## Pipeline: training while generating (`jobs/bench_pipeline.py`)\n\n{figures['device']}; engine "
+        f"{figures['engine']}; {figures['settings']}.\n\n{markdown_table(['measure', 'value'], rows)}\n\n"
+        "![TTFT vs document length](results/pipeline_ttft.png)\n",
+    )
+    print(f"wrote {RESULTS_DIR / 'pipeline.json'}")
+
+
+if __name__ == "__main__":
+    main()

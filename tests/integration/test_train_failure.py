@@ -1,0 +1,70 @@
+"""A Ray Train worker killed mid-training: the run restarts (FailureConfig) and every document publishes once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lift_ray.config import LiftConfig
+from lift_ray.models import load_tokenizer
+from lift_ray.storage import Store, read_manifest
+from lift_ray.train.loop import DocumentJob
+from lift_ray.train.trainer import train_documents_on_ray
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
+    """A small random Llama as the base model: this test is about the run surviving, not about learning."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer(embedded_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-base")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _job(doc_id: str) -> DocumentJob:
+    pairs = [{"question": f"What is fact {i} of {doc_id}?", "answer": f"Fact {i} is {doc_id}-{i}."} for i in range(8)]
+    return DocumentJob(doc_id, sha256=f"sha-{doc_id}", rows=[{"sentence_index": 0, "qa_json": json.dumps(pairs)}])
+
+
+def test_a_killed_worker_is_retried_and_each_document_publishes_once(
+    ray_cluster, lift_config: LiftConfig, tiny_base_model: Path, tmp_path: Path
+):
+    marker = tmp_path / "killed"  # rank 1 SIGKILLs itself after its first step on "beta", once
+    config = lift_config.model_copy(
+        update={
+            "model": lift_config.model.model_copy(update={"base_model": str(tiny_base_model)}),
+            "train": lift_config.train.model_copy(update={"epochs": 2, "batch_size": 4, "max_failures": 1}),
+            "storage": lift_config.storage.model_copy(update={"namespace": "failure"}),
+        }
+    )
+    results, error = train_documents_on_ray(config, [_job("alpha"), _job("beta")], kill_once_marker=str(marker))
+
+    assert error is None
+    assert marker.exists(), "the worker of rank 1 was never killed: the test proved nothing"
+    assert {doc: r["status"] for doc, r in results.items()} == {"alpha": "published", "beta": "published"}
+    assert {doc: r["publishes"] for doc, r in results.items()} == {"alpha": 1, "beta": 1}
+    store = Store.from_uri(config.storage.root)
+    for doc_id in ("alpha", "beta"):
+        manifest = read_manifest(store, "failure", doc_id)
+        assert manifest is not None and manifest["config_hash"] == config.adapter_hash()
+        files = manifest["adapter_files"]
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files) and len(files) == len(set(files))

@@ -1,0 +1,118 @@
+"""QAGenerator's retry and grounding policy.
+
+The engine here replays scripted replies: what an LLM writes is this code's input, and these tests
+need exact inputs (a hallucinated answer, a malformed reply) that a real model gives only by chance.
+The real engines behind the same interface are tested in test_engines.py and the integration tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from lift_ray.config import GeneratorSettings
+from lift_ray.synth.engines import Conversation, Generation, SamplingSettings
+from lift_ray.synth.generator import QAGenerator
+
+ROW = {
+    "sentence_index": 0,
+    "context": "The Orvella Glass Works stands in Tessaro.",
+    "sentence": "It was founded in 1887 by Ilsa Varnholt.",
+}
+
+
+class ScriptedEngine:
+    """Answers attempt k of every conversation with script(k, conversation); records what it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, script: Callable[[int, Conversation], str]) -> None:
+        self.script = script
+        self.calls: list[tuple[list[Conversation], SamplingSettings]] = []
+
+    def generate(self, conversations: list[Conversation], sampling: SamplingSettings) -> list[Generation]:
+        attempt = len(self.calls)
+        self.calls.append((conversations, sampling))
+        return [Generation(self.script(attempt, c), 10) for c in conversations]
+
+
+def qa(*pairs: tuple[str, str]) -> str:
+    return json.dumps({"qa_list": [{"question": q, "answer": a} for q, a in pairs]})
+
+
+def run(script: Callable[[int, Conversation], str], **settings: object) -> tuple[dict, ScriptedEngine]:
+    engine = ScriptedEngine(script)
+    generator = QAGenerator(engine, GeneratorSettings(qa_per_sentence=3, **settings))  # type: ignore[arg-type]
+    [result] = generator.generate([dict(ROW)])
+    return result, engine
+
+
+def pairs_of(result: dict) -> list[tuple[str, str]]:
+    return [(p["question"], p["answer"]) for p in json.loads(result["qa_json"])]
+
+
+def test_a_grounded_first_answer_is_kept_after_one_attempt():
+    result, engine = run(lambda k, c: qa(("Who founded it?", "Ilsa Varnholt"), ("When?", "in 1887")))
+    assert pairs_of(result) == [("Who founded it?", "Ilsa Varnholt"), ("When?", "in 1887")]
+    assert result["attempts"] == 1 and result["retried"] is False and result["ungrounded"] == 0
+    assert len(engine.calls) == 1 and "The Orvella Glass Works stands" in engine.calls[0][0][0][-1]["content"]
+
+
+def test_hallucinated_answers_are_dropped_and_the_sentence_is_retried_alone():
+    def script(attempt: int, conversation: Conversation) -> str:
+        if attempt == 0:
+            return qa(("Who founded it?", "Marco Polo"), ("Where is it?", "Tessaro"))
+        return qa(("Who founded the works?", "Ilsa Varnholt"))
+
+    result, engine = run(script)
+    # "Marco Polo" is nowhere in the paragraph: dropped. "Tessaro" is in the paragraph (kept) but not in
+    # the sentence, so the sentence is retried, without its paragraph.
+    assert pairs_of(result) == [("Where is it?", "Tessaro"), ("Who founded the works?", "Ilsa Varnholt")]
+    assert result["ungrounded"] == 1 and result["attempts"] == 2 and result["retried"] is True
+    retry_prompt = engine.calls[1][0][0][-1]["content"]
+    assert "Tessaro" not in retry_prompt and ROW["sentence"] in retry_prompt
+
+
+def test_malformed_replies_are_retried_then_counted_never_raised():
+    result, engine = run(lambda k, c: "I cannot help with that.", max_retries=2, samples_per_retry=2)
+    # Attempts 0 and 1 are greedy (one reply each); attempt 2 samples two candidates.
+    assert [len(conversations) for conversations, _ in engine.calls] == [1, 1, 2]
+    assert pairs_of(result) == [] and result["malformed"] == 4 and result["attempts"] == 3
+
+
+def test_retries_are_greedy_first_then_sampled_with_new_seeds():
+    _, engine = run(lambda k, c: "nothing", max_retries=3, temperature=0.0, retry_temperature=0.7)
+    assert [s.temperature for _, s in engine.calls] == [0.0, 0.0, 0.7, 0.7]
+    assert len({s.seed for _, s in engine.calls}) == 4
+
+
+def test_without_require_grounded_any_valid_pair_is_enough():
+    result, engine = run(lambda k, c: qa(("Who founded it?", "Marco Polo")), require_grounded=False)
+    assert pairs_of(result) == [("Who founded it?", "Marco Polo")] and len(engine.calls) == 1
+
+
+def test_pairs_from_several_attempts_are_merged_without_duplicates_up_to_m():
+    def script(attempt: int, conversation: Conversation) -> str:
+        if attempt == 0:
+            return qa(("Where is it?", "Tessaro"), ("What is it?", "Orvella Glass Works"))
+        return qa(("Where is it?", "Tessaro"), ("Who founded it?", "Ilsa Varnholt"), ("When?", "1887"))
+
+    result, _ = run(script)
+    assert pairs_of(result) == [
+        ("Where is it?", "Tessaro"),
+        ("What is it?", "Orvella Glass Works"),
+        ("Who founded it?", "Ilsa Varnholt"),
+    ]
+    assert result["dropped"] >= 2  # the duplicate and the pair over m
+
+
+def test_sampled_retries_draw_several_candidates_and_keep_the_grounded_one():
+    replies = iter(["no idea", "no idea", qa(("Who?", "Marco Polo")), qa(("Who founded it?", "Ilsa Varnholt"))])
+    result, engine = run(lambda k, c: next(replies), max_retries=2, samples_per_retry=2)
+    assert pairs_of(result) == [("Who founded it?", "Ilsa Varnholt")]
+    assert result["ungrounded"] == 1 and result["attempts"] == 3
+
+
+def test_misspelt_copies_are_repaired_to_the_sentence_spelling():
+    result, _ = run(lambda k, c: qa(("Who founded it?", "Ilsa Varnhold")))
+    assert pairs_of(result) == [("Who founded it?", "Ilsa Varnholt")] and result["repaired"] == 1
