@@ -3,7 +3,7 @@
     .venv/bin/python jobs/bench_synth.py [--config lift.yaml] [--set key=value ...]
 
 Every engine gets the same prompts (every sentence of samples/orvella.txt, with its preceding paragraph),
-greedy decoding, the configured m and max_new_tokens. Per engine it measures QA pairs/s and output
+the configured generator settings (greedy first attempt, staged retries). Per engine it measures QA pairs/s and output
 tokens/s over the generation calls (engine start-up is timed separately), and the share of sentences
 with at least one valid pair whose answer is grounded in the sentence (lift_ray.metrics).
 
@@ -148,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     device = next(iter(engines.values()))["device"]
     update_benchmarks_section(
         "synth",
-        f"Measured by `jobs/bench_synth.py` on {device}: {len(rows)} sentences of `samples/{SAMPLE.name}`, "
-        f"m={config.generator.qa_per_sentence}, preset `{config.generator.preset}`, greedy, "
+        f"## QA synthesis (`jobs/bench_synth.py`)\n\n"
+        f"{device}: {len(rows)} sentences of `samples/{SAMPLE.name}`, "
+        f"m={config.generator.qa_per_sentence}, preset `{config.generator.preset}`, greedy first attempt, "
+        f"up to {config.generator.max_retries} retries ({config.generator.samples_per_retry} sampled candidates each "
+        f"from the second on), require_grounded={config.generator.require_grounded}, "
         f"max_new_tokens={config.generator.max_new_tokens}. Figures: `docs/results/synth.json`; "
         f"generated pairs: `docs/results/synth_examples.json`.\n\n{table}\n\n"
         "![synthesis throughput](results/synth.png)",

@@ -58,6 +58,16 @@ class DocumentReport:
         return asdict(self)
 
 
+# Generator settings that change which pairs come out, and so belong in the QA cache key.
+QA_QUALITY_SETTINGS = {
+    "require_grounded",
+    "max_retries",
+    "samples_per_retry",
+    "retry_temperature",
+    "retry_without_context",
+}
+
+
 def qa_cache_key(document: Document, config: LiftConfig) -> str:
     """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
     generator = config.generator
@@ -74,6 +84,7 @@ def qa_cache_key(document: Document, config: LiftConfig) -> str:
         "max_new_tokens": generator.max_new_tokens,
         "temperature": generator.temperature,
         "guided_json": generator.vllm.guided_json,
+        "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
         "sentences": config.sentences.model_dump(mode="json"),
         "seed": config.seed,
     }

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from lift_ray.config import LiftConfig, load_config
+from lift_ray.documents import Document
+from lift_ray.pipeline import qa_cache_key, qa_cache_path
+
+DOCUMENT = Document.from_text("doc", "Anna lives in Oslo. She builds boats.")
+
+
+def key(*overrides: str) -> str:
+    return qa_cache_key(DOCUMENT, load_config(LiftConfig, None, list(overrides)))
+
+
+def test_key_changes_with_what_changes_the_pairs(tmp_path: Path):
+    base = key()
+    template = tmp_path / "prompt.txt"
+    template.write_text("Write {m} pairs.", encoding="utf-8")
+    changed = [
+        key("generator.qa_per_sentence=3"),
+        key("generator.preset=general"),
+        key("generator.require_grounded=false"),
+        key("generator.samples_per_retry=2"),
+        key("generator.model=/models/other"),
+        key(f"generator.template_file={template}"),
+        key("generator.engine=openai"),
+        qa_cache_key(Document.from_text("doc", "Anna lives in Bergen."), LiftConfig()),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+
+
+def test_key_ignores_resources_and_training_settings():
+    assert key() == key("generator.num_replicas=4", "generator.batch_size=64", "train.epochs=2", "lora.rank=8")
+
+
+def test_cache_path_is_under_the_document():
+    assert qa_cache_path("ns", DOCUMENT, LiftConfig()) == f"ns/doc/qa/{key()}.jsonl"
