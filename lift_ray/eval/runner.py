@@ -1,0 +1,233 @@
+"""The evaluation run: train each method's adapters, answer the questions, score, write docs/results/eval.json.
+
+`run_eval` takes the LIFT step and the chat model as arguments (defaults: `lift_ray.pipeline.lift_documents`
+and `lift_ray.serving.AdapterChatModel`), so its bookkeeping is tested without Ray or a model.
+`add_eval_arguments` / `eval_command` are the `lift-ray eval` subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.documents import Document
+from lift_ray.eval import niah
+from lift_ray.eval.harness import (
+    DOCQA_DIR,
+    GENERAL_FILE,
+    METHODS,
+    ChatModel,
+    Method,
+    Question,
+    answer_questions,
+    get_method,
+    load_docqa,
+    load_general,
+    peak_gpu_memory_mb,
+    plot_niah_heatmap,
+    reset_peak_gpu_memory,
+    results_table,
+    score_answers,
+    truncated_context,
+    write_eval_results,
+)
+
+log = logging.getLogger(__name__)
+
+LiftFn = Callable[[list[Document], LiftConfig], list[Any]]
+ChatModelFactory = Callable[[ServeConfig], ChatModel]
+
+
+def method_config(method: Method, config_path: str | None = None, overrides: Sequence[str] = ()) -> LiftConfig:
+    """The LiftConfig that trains `method`'s adapter: the user's file and overrides, then the method's own
+    settings and its storage namespace (`eval-<adapter>`), which win."""
+    namespace = method.namespace or "eval-base"
+    return load_config(LiftConfig, config_path, [*overrides, *method.lift_overrides, f"storage.namespace={namespace}"])
+
+
+def niah_config(config: LiftConfig) -> LiftConfig:
+    """`config` with the generator's NIAH prompt preset, for LIFTing haystacks."""
+    adjusted = config.model_copy(deep=True)
+    adjusted.generator.preset = "niah"
+    return adjusted
+
+
+def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftFn) -> float | None:
+    """LIFT `documents` with `config`; seconds per document, or None when some were skipped (already
+    published: no time to report). RuntimeError naming the documents that failed."""
+    started = time.perf_counter()
+    reports = lift_fn(documents, config)
+    elapsed = time.perf_counter() - started
+    failed = {r.doc_id: r.error for r in reports if r.status == "failed"}
+    if failed:
+        raise RuntimeError(f"LIFT failed for {len(failed)} documents: {failed}")
+    if any(r.status != "published" for r in reports):
+        return None
+    return round(elapsed / max(1, len(documents)), 2)
+
+
+def build_niah_documents(
+    lengths: Sequence[int], depths: Sequence[float], instances: int, tokenizer: Any
+) -> dict[tuple[int, float, int], Document]:
+    """One haystack document per (length, depth, instance); instances start in different essays."""
+    essays = niah.load_paul_graham_essays()
+    documents = {}
+    for length in lengths:
+        for depth in depths:
+            for instance in range(instances):
+                text = niah.build_haystack(
+                    essays, length, depth, tokenizer, offset_chars=instance * len(essays) // max(1, instances)
+                )
+                documents[(length, depth, instance)] = Document.from_text(
+                    niah.niah_doc_id(length, depth, instance), text
+                )
+    return documents
+
+
+def run_eval(
+    methods: Sequence[Method] = METHODS,
+    *,
+    config_path: str | None = None,
+    overrides: Sequence[str] = (),
+    data_dir: str | Path = DOCQA_DIR,
+    context_tokens: int = 1024,
+    max_new_tokens: int = 48,
+    niah_lengths: Sequence[int] = (),
+    niah_depths: Sequence[float] = niah.DEFAULT_DEPTHS,
+    niah_instances: int = 1,
+    general: bool = True,
+    plots_dir: Path | None = None,
+    lift_fn: LiftFn | None = None,
+    chat_model_factory: ChatModelFactory | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
+
+    Per method: exact_match, f1, contains, by_kind, general_contains (adapter methods: the general questions
+    asked with each document's adapter), niah_accuracy and niah_grid, seconds_per_document (LIFT time, trained
+    methods), peak_memory_mb (CUDA peak while answering; None on CPU). Adapters are trained once per variant.
+    """
+    if lift_fn is None:
+        from lift_ray.pipeline import lift_documents as lift_fn
+    if chat_model_factory is None:
+        from lift_ray.serving import AdapterChatModel as chat_model_factory
+    documents, questions = load_docqa(data_dir)
+    general_questions = load_general(Path(data_dir) / GENERAL_FILE) if general else []
+    results: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, float | None]] = {}
+    niah_docs: dict[tuple[int, float, int], Document] = {}
+
+    for method in methods:
+        config = method_config(method, config_path, overrides)
+        chat_model = chat_model_factory(ServeConfig(model=config.model, storage=config.storage))
+        tokenizer = getattr(chat_model, "tokenizer", None)
+        if niah_lengths and not niah_docs:
+            niah_docs = build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer)
+        if method.adapter is not None and method.adapter not in trained:
+            trained[method.adapter] = {
+                "docqa": train_adapters(list(documents.values()), config, lift_fn),
+                "niah": train_adapters(list(niah_docs.values()), niah_config(config), lift_fn) if niah_docs else None,
+            }
+        reset_peak_gpu_memory()
+        predictions: dict[str, str] = {}
+        general_scores: list[float] = []
+        for doc_id, document in documents.items():
+            doc_questions = [q for q in questions if q.doc_id == doc_id]
+            context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
+            adapter = doc_id if method.adapter is not None else None
+            for row in answer_questions(chat_model, adapter, doc_questions, context, max_new_tokens):
+                predictions[row["id"]] = row["prediction"]
+            if general_questions and (adapter is not None or not general_scores):
+                answers = answer_questions(chat_model, adapter, general_questions, None, max_new_tokens)
+                general_scores.append(score_answers([a["prediction"] for a in answers], general_questions)["contains"])
+        scores = score_answers([predictions[q.id] for q in questions], questions)
+        entry: dict[str, Any] = {
+            "exact_match": scores["exact_match"],
+            "f1": scores["f1"],
+            "contains": scores["contains"],
+            "by_kind": scores["by_kind"],
+            "general_contains": sum(general_scores) / len(general_scores) if general_scores else None,
+            "seconds_per_document": trained.get(method.adapter or "", {}).get("docqa"),
+            "per_question": scores["per_question"],
+        }
+        if niah_docs:
+            grid = niah_grid(chat_model, method, niah_docs, tokenizer, context_tokens, max_new_tokens)
+            entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
+            entry["niah_accuracy"] = sum(grid.values()) / len(grid)
+            if plots_dir is not None:
+                plot_niah_heatmap(grid, Path(plots_dir) / f"niah_{method.name}.png", f"NIAH: {method.name}")
+        entry["peak_memory_mb"] = peak_gpu_memory_mb()
+        results[method.name] = entry
+        del chat_model
+    return results
+
+
+def niah_grid(
+    chat_model: ChatModel,
+    method: Method,
+    documents: dict[tuple[int, float, int], Document],
+    tokenizer: Any,
+    context_tokens: int,
+    max_new_tokens: int,
+) -> dict[tuple[int, float], float]:
+    """Accuracy per (length, depth): the paper's NIAH question, answered per haystack by `method`."""
+    question = Question("niah", None, niah.QUESTION, (niah.NEEDLE,), "niah")
+    outcomes: dict[tuple[int, float], list[bool]] = {}
+    for (length, depth, _), document in documents.items():
+        context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
+        adapter = document.doc_id if method.adapter is not None else None
+        [row] = answer_questions(chat_model, adapter, [question], context, max_new_tokens)
+        outcomes.setdefault((length, depth), []).append(niah.niah_correct(row["prediction"]))
+    return niah.niah_accuracy(outcomes)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `lift-ray eval`."""
+    parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS], metavar="METHOD")
+    parser.add_argument("--data", default=str(DOCQA_DIR), help="document-QA folder (<doc_id>.txt + questions.jsonl)")
+    parser.add_argument("--context-tokens", type=int, default=1024, help="document budget of the ICL methods")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--niah-lengths", type=int, nargs="*", default=[], help="NIAH haystack lengths (none: skip)")
+    parser.add_argument("--niah-depths", type=float, nargs="+", default=list(niah.DEFAULT_DEPTHS))
+    parser.add_argument("--niah-instances", type=int, default=1, help="haystacks per cell (the paper uses 5)")
+    parser.add_argument("--no-general", action="store_true", help="skip the general-knowledge side-effect check")
+    parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """`lift-ray eval`: run, write docs/results/<name>.json and NIAH heatmaps, print the table; 0, or 2 on
+    bad arguments."""
+    from lift_ray.bench import RESULTS_DIR
+
+    try:
+        methods = [get_method(name) for name in args.methods]
+        for method in methods:
+            method_config(method, args.config, args.overrides)  # a bad config fails before any training
+    except ValueError as exc:
+        print(f"lift-ray eval: {exc}", flush=True)
+        return 2
+    results = run_eval(
+        methods,
+        config_path=args.config,
+        overrides=args.overrides,
+        data_dir=args.data,
+        context_tokens=args.context_tokens,
+        max_new_tokens=args.max_new_tokens,
+        niah_lengths=args.niah_lengths,
+        niah_depths=args.niah_depths,
+        niah_instances=args.niah_instances,
+        general=not args.no_general,
+        plots_dir=RESULTS_DIR,
+    )
+    from lift_ray.bench import write_results
+
+    per_question = {name: entry.pop("per_question", []) for name, entry in results.items()}
+    path = write_eval_results(results, args.name)
+    predictions = write_results(f"{args.name}_predictions", per_question)
+    print(results_table(results), flush=True)
+    print(f"results: {path}\npredictions: {predictions}", flush=True)
+    return 0

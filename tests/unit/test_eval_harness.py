@@ -1,0 +1,438 @@
+"""The evaluation harness: loading, scoring, truncated context, NIAH, judge parsing, results, heatmap, runner."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lift_ray import bench
+from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
+from lift_ray.documents import validate_doc_id
+from lift_ray.eval import niah
+from lift_ray.eval.harness import (
+    CUT_MARKER,
+    METHOD_NAMES,
+    METHODS,
+    RESULT_FIELDS,
+    Question,
+    answer_questions,
+    build_messages,
+    contains_answer,
+    eval_results,
+    get_method,
+    llm_judge_prompt,
+    load_docqa,
+    parse_judge_score,
+    plot_niah_heatmap,
+    results_table,
+    score_answers,
+    truncated_context,
+    write_eval_results,
+)
+from lift_ray.eval.runner import method_config, run_eval
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The embedded model's tokenizer (the model is converted in the cache once; the tokenizer loads fast)."""
+    from lift_ray.models import ensure_embedded_model, load_tokenizer
+
+    return load_tokenizer(ensure_embedded_model(DEFAULT_CACHE_DIR))
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def q(qid: str, answers: list[str], kind: str = "paraphrase", doc_id: str | None = "d") -> Question:
+    return Question(qid, doc_id, f"question {qid}?", tuple(answers), kind)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def write_set(folder: Path, rows: list[dict], documents: dict[str, str] | None = None) -> Path:
+    for doc_id, text in (documents or {"doc-a": "Anna lives in Oslo."}).items():
+        (folder / f"{doc_id}.txt").write_text(text)
+    (folder / "questions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def test_load_docqa_reads_documents_and_questions(tmp_path):
+    row = {"id": "a1", "doc_id": "doc-a", "question": "Where does Anna live?", "answers": ["Oslo"], "kind": "direct"}
+    documents, questions = load_docqa(write_set(tmp_path, [row]))
+    assert list(documents) == ["doc-a"] and documents["doc-a"].text == "Anna lives in Oslo."
+    assert questions == [Question("a1", "doc-a", "Where does Anna live?", ("Oslo",), "direct")]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"doc_id": "doc-b"}, "not in"),
+        ({"doc_id": "../etc"}, "not allowed"),
+        ({"kind": "trick"}, "kind must be"),
+        ({"answers": []}, "answers"),
+        ({"answers": ["Oslo", " "]}, "answers"),
+        ({"question": ""}, "question"),
+    ],
+)
+def test_load_docqa_rejects_bad_rows(tmp_path, change, message):
+    row = {"id": "a1", "doc_id": "doc-a", "question": "Where?", "answers": ["Oslo"], "kind": "direct", **change}
+    with pytest.raises(ValueError, match=message):
+        load_docqa(write_set(tmp_path, [row]))
+
+
+def test_load_docqa_rejects_duplicate_ids(tmp_path):
+    row = {"id": "a1", "doc_id": "doc-a", "question": "Where?", "answers": ["Oslo"], "kind": "direct"}
+    with pytest.raises(ValueError, match="duplicate"):
+        load_docqa(write_set(tmp_path, [row, row]))
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_scores_average_the_best_gold_variant_per_question():
+    questions = [
+        q("1", ["Edda Pellworth"], "direct"),
+        q("2", ["212 metres", "212 m"]),
+        q("3", ["Quay Street"]),
+        q("4", ["seven minutes", "7 minutes"]),
+    ]
+    predictions = ["edda pellworth.", "212 m", "Quay", "It was founded by the carpenter."]
+    scores = score_answers(predictions, questions)
+    assert [row["exact_match"] for row in scores["per_question"]] == [1.0, 1.0, 0.0, 0.0]
+    assert [row["f1"] for row in scores["per_question"]] == pytest.approx([1.0, 1.0, 2 / 3, 0.0])
+    assert scores["exact_match"] == pytest.approx(0.5)
+    assert scores["f1"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
+    assert scores["count"] == 4
+    assert scores["by_kind"]["direct"] == {"exact_match": 1.0, "f1": 1.0, "contains": 1.0, "count": 1}
+    assert scores["by_kind"]["paraphrase"]["exact_match"] == pytest.approx(1 / 3)
+    assert scores["per_question"][0]["prediction"] == "edda pellworth."
+
+
+def test_contains_accepts_an_answer_inside_a_sentence_but_not_a_partial_word():
+    assert contains_answer("The ferry was started by Edda Pellworth in 1871.", ["Edda Pellworth"]) == 1.0
+    assert contains_answer("It is 2120 metres wide.", ["212"]) == 0.0
+    assert contains_answer("I do not know.", ["Paris", "paris france"]) == 0.0
+    scores = score_answers(["The answer is Tamsby, I think."], [q("1", ["Tamsby"])])
+    assert (scores["exact_match"], scores["contains"]) == (0.0, 1.0)
+
+
+def test_scoring_needs_one_prediction_per_question():
+    with pytest.raises(ValueError, match="2 predictions for 1 questions"):
+        score_answers(["a", "b"], [q("1", ["a"])])
+
+
+# ---------------------------------------------------------------- truncated context
+
+
+def test_a_document_that_fits_is_not_truncated(tokenizer):
+    text = "Anna lives in Oslo. She owns a red boat."
+    assert truncated_context(text, tokenizer, 100) == text
+
+
+def test_truncated_context_keeps_head_and_tail_within_budget(tokenizer):
+    sentences = [f"Sentence number {i} talks about the harbour of Saltmere." for i in range(300)]
+    text = " ".join(sentences)
+    for budget in (64, 200, 1000):
+        cut = truncated_context(text, tokenizer, budget)
+        assert n_tokens(tokenizer, cut) <= budget
+        assert n_tokens(tokenizer, cut) >= budget - 12  # the budget is used, not wasted
+        head, tail = cut.split(CUT_MARKER)
+        assert text.startswith(head) and text.endswith(tail)
+        assert abs(n_tokens(tokenizer, head) - n_tokens(tokenizer, tail)) <= 4  # half the budget each
+        assert "Sentence number 150 " not in cut  # the middle is gone
+
+
+def test_truncated_context_refuses_a_budget_smaller_than_its_marker(tokenizer):
+    with pytest.raises(ValueError, match="no room"):
+        truncated_context("word " * 500, tokenizer, 5)
+
+
+# ---------------------------------------------------------------- NIAH
+
+
+@pytest.fixture(scope="module")
+def essays() -> str:
+    return niah.load_paul_graham_essays()
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_the_needle_goes_in_at_its_depth_at_a_sentence_boundary(tokenizer, essays, depth):
+    haystack = niah.build_haystack(essays, 1024, depth, tokenizer)
+    assert haystack.count(niah.NEEDLE) == 1
+    assert 900 <= n_tokens(tokenizer, haystack) <= 1024
+    assert niah.needle_depth(haystack, tokenizer) == pytest.approx(depth, abs=0.08)
+    before, after = haystack.split(niah.NEEDLE)
+    assert before == "" or before.rstrip()[-1] in ".!?\"')]"
+    assert after == "" or after.startswith(" ")
+    if depth == 0.0:
+        assert haystack.startswith(niah.NEEDLE)
+    if depth == 1.0:
+        assert haystack.endswith(niah.NEEDLE)
+
+
+def test_haystack_instances_differ_and_lengths_scale(tokenizer, essays):
+    first = niah.build_haystack(essays, 512, 0.5, tokenizer)
+    other = niah.build_haystack(essays, 512, 0.5, tokenizer, offset_chars=len(essays) // 2)
+    assert first.replace(niah.NEEDLE, "")[:200] != other.replace(niah.NEEDLE, "")[:200]
+    assert n_tokens(tokenizer, niah.build_haystack(essays, 4096, 0.5, tokenizer)) > 3800
+    with pytest.raises(ValueError, match="depth"):
+        niah.build_haystack(essays, 512, 1.5, tokenizer)
+    with pytest.raises(ValueError, match="no room"):
+        niah.build_haystack(essays, 10, 0.5, tokenizer)
+
+
+def test_niah_correctness_needs_every_keyword():
+    assert niah.niah_correct("Eat a SANDWICH and sit in Dolores  Park on a sunny day.")
+    assert niah.niah_correct(niah.NEEDLE)
+    assert not niah.niah_correct("Eat a sandwich in Dolores Park.")  # not "sunny"
+    assert not niah.niah_correct("Sit in the park on a sunny day with a sandwich.")  # not "Dolores Park"
+    assert not niah.niah_correct("")
+
+
+def test_niah_ids_and_accuracy():
+    assert niah.niah_doc_id(1024, 0.25, 3) == "niah-L1024-d025-i3"
+    assert validate_doc_id(niah.niah_doc_id(128000, 1.0, 4))
+    accuracy = niah.niah_accuracy({(512, 0.0): [True, False, True, True], (512, 1.0): [False]})
+    assert accuracy == {(512, 0.0): 0.75, (512, 1.0): 0.0}
+
+
+# ---------------------------------------------------------------- judge
+
+
+def test_the_judge_prompt_holds_question_gold_and_prediction():
+    prompt = llm_judge_prompt("Who founded it?", ["Edda Pellworth", "Edda"], "A carpenter called Edda.")
+    assert "Who founded it?" in prompt and "Edda Pellworth / Edda" in prompt and "A carpenter called Edda." in prompt
+    assert "True" in prompt and "False" in prompt
+    assert llm_judge_prompt("Q?", "Oslo", "oslo").count("Oslo") == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("True", 1),
+        ("false", 0),
+        ("**True**", 1),
+        ("'False'.", 0),
+        ("False. It is not true that the two agree.", 0),
+        ("Yes", 1),
+        ("The answers agree, so: True", 1),
+        ("Verdict: false", 0),
+        ("I cannot tell.", None),
+        ("", None),
+        ("It could be true or false.", None),
+        ("untrue", None),
+    ],
+)
+def test_judge_replies_are_parsed(reply, score):
+    assert parse_judge_score(reply) == score
+
+
+# ---------------------------------------------------------------- methods
+
+
+def test_the_six_methods_and_what_they_need():
+    assert METHOD_NAMES == ("base", "icl", "finetune_raw", "lift", "lift_10qa", "lift_icl")
+    needs = {m.name: (m.adapter is not None, m.context) for m in METHODS}
+    assert needs == {
+        "base": (False, False),
+        "icl": (False, True),
+        "finetune_raw": (True, False),
+        "lift": (True, False),
+        "lift_10qa": (True, False),
+        "lift_icl": (True, True),
+    }
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("rag")
+
+
+def test_method_configs_train_the_right_variants_in_their_own_namespaces():
+    configs = {m.name: method_config(m, overrides=["train.epochs=2"]) for m in METHODS}
+    assert all(isinstance(c, LiftConfig) and c.train.epochs == 2 for c in configs.values())
+    assert configs["finetune_raw"].train.variant == "finetune_raw"
+    assert configs["lift"].generator.qa_per_sentence == 5
+    assert configs["lift_10qa"].generator.qa_per_sentence == 10
+    assert configs["lift_icl"].adapter_hash() == configs["lift"].adapter_hash()
+    assert configs["lift_icl"].storage.namespace == configs["lift"].storage.namespace == "eval-lift"
+    trained = {configs[n].adapter_hash() for n in ("finetune_raw", "lift", "lift_10qa")}
+    assert len(trained) == 3
+    namespaces = {configs[n].storage.namespace for n in ("finetune_raw", "lift", "lift_10qa")}
+    assert namespaces == {"eval-finetune_raw", "eval-lift", "eval-lift_10qa"}
+
+
+# ---------------------------------------------------------------- results and heatmap
+
+
+def test_results_have_every_method_and_field(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    path = write_eval_results({"lift": {"exact_match": 0.41666666, "f1": 0.5, "contains": 0.7}, "base": {"f1": 0.1}})
+    assert path == tmp_path / "eval.json"
+    data = json.loads(path.read_text())
+    assert list(data) == sorted(METHOD_NAMES)
+    for entry in data.values():
+        assert set(RESULT_FIELDS) <= set(entry)
+    assert data["lift"]["exact_match"] == 0.4167 and data["lift"]["contains"] == 0.7
+    assert data["lift"]["niah_accuracy"] is None and data["icl"]["f1"] is None
+    with pytest.raises(ValueError, match="unknown methods"):
+        eval_results({"rag": {}})
+    assert "| lift | 0.4167 | 0.5 | - |" in results_table({"lift": {"exact_match": 0.41666666, "f1": 0.5}})
+
+
+def test_the_niah_heatmap_is_written(tmp_path):
+    import matplotlib.image
+
+    grid = {(length, depth): (length + depth) % 2 / 1.0 for length in (256, 512, 1024) for depth in (0.0, 0.5, 1.0)}
+    del grid[(1024, 0.5)]
+    out = plot_niah_heatmap(grid, tmp_path / "plots" / "niah.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(out).shape
+    assert width > height > 100
+    with pytest.raises(ValueError, match="empty"):
+        plot_niah_heatmap({}, tmp_path / "none.png")
+
+
+# ---------------------------------------------------------------- answering and the runner, with fakes
+
+
+@dataclass
+class FakeAnswer:
+    text: str
+    prompt_tokens: int = 3
+    completion_tokens: int = 2
+
+
+class WordTokenizer:
+    """Whitespace tokens, enough for truncation and haystacks without a model."""
+
+    def __init__(self) -> None:
+        self.words: list[str] = []
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self._ids(text)}
+
+    def _ids(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word not in self.ids:
+                self.ids[word] = len(self.words)
+                self.words.append(word)
+            ids.append(self.ids[word])
+        return ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(self.words[i] for i in ids)
+
+
+class FakeChatModel:
+    """Answers right with an adapter (knows every gold answer and the needle), 'I do not know' without one."""
+
+    def __init__(self, gold: dict[str, str], calls: list) -> None:
+        self.gold, self.calls, self.loaded = gold, calls, set()
+        self.tokenizer = WordTokenizer()
+
+    def load_adapter(self, doc_id: str) -> float:
+        self.loaded.add(doc_id)
+        return 0.0
+
+    def chat(self, messages, doc_id, max_new_tokens, temperature=0.0):
+        self.calls.append((doc_id, messages[-1]["content"], max_new_tokens, temperature))
+        question = messages[-1]["content"].rsplit("Question: ", 1)[-1]
+        if doc_id is not None or "Here is a document." in messages[-1]["content"]:
+            return FakeAnswer(f"The answer is {self.gold.get(question, niah.NEEDLE)}.")
+        return FakeAnswer("I do not know.")
+
+
+def test_answer_questions_loads_the_adapter_and_puts_the_context_in_the_prompt():
+    calls: list = []
+    model = FakeChatModel({"question 1?": "Oslo"}, calls)
+    rows = answer_questions(model, "doc-a", [q("1", ["Oslo"])], "Anna lives in Oslo.", 16)
+    assert model.loaded == {"doc-a"}
+    assert rows[0]["id"] == "1" and rows[0]["prediction"] == "The answer is Oslo."
+    assert rows[0]["prompt_tokens"] == 3 and rows[0]["completion_tokens"] == 2
+    assert calls == [("doc-a", build_messages("question 1?", "Anna lives in Oslo.")[0]["content"], 16, 0.0)]
+    assert "Anna lives in Oslo." in calls[0][1] and calls[0][1].endswith("Question: question 1?")
+    assert build_messages("Who?", None) == [{"role": "user", "content": "Who?"}]
+
+
+@dataclass
+class FakeReport:
+    doc_id: str
+    status: str = "published"
+    error: str | None = None
+
+
+def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+    lifted: list[tuple[str, str, int]] = []
+    calls: list = []
+
+    def fake_lift(docs, config):
+        lifted.append((config.storage.namespace, config.generator.preset, len(docs)))
+        return [FakeReport(d.doc_id) for d in docs]
+
+    results = run_eval(
+        METHODS,
+        overrides=["train.epochs=1"],
+        niah_lengths=[128],
+        niah_depths=[0.0, 1.0],
+        plots_dir=tmp_path,
+        lift_fn=fake_lift,
+        chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
+    )
+    docqa_runs = [run for run in lifted if run[2] == len(documents)]
+    assert sorted(run[0] for run in docqa_runs) == ["eval-finetune_raw", "eval-lift", "eval-lift_10qa"]
+    assert sorted(run[1] for run in lifted if run[2] == 2) == ["niah", "niah", "niah"]  # 2 haystacks each
+    assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
+    for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
+        assert results[name]["contains"] == 1.0, name
+        assert results[name]["niah_accuracy"] == 1.0, name
+    assert results["lift"]["seconds_per_document"] is not None and results["icl"]["seconds_per_document"] is None
+    assert results["lift"]["general_contains"] == 0.0  # the fake answers the document, not the general question
+    assert (tmp_path / "niah_lift.png").exists() and (tmp_path / "niah_base.png").exists()
+    icl_prompts = [content for doc_id, content, *_ in calls if "Here is a document." in content]
+    assert icl_prompts and all(content.count(niah.NEEDLE) <= 1 for content in icl_prompts)
+    assert set(eval_results(results)) == set(METHOD_NAMES)
+
+
+def test_run_eval_reports_documents_that_failed_to_lift():
+    def failing_lift(docs, config):
+        return [FakeReport(d.doc_id, status="failed", error="no valid QA pairs") for d in docs]
+
+    with pytest.raises(RuntimeError, match="no valid QA pairs"):
+        run_eval(
+            [get_method("lift")],
+            general=False,
+            lift_fn=failing_lift,
+            chat_model_factory=lambda serve_config: FakeChatModel({}, []),
+        )
+
+
+def eval_parser():
+    """`lift-ray eval` as cli.py wires it: the eval options plus --config/--set."""
+    import argparse
+
+    from lift_ray.cli import _config_args
+    from lift_ray.eval.runner import add_eval_arguments
+
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    _config_args(parser)
+    return parser
+
+
+def test_eval_command_parses_and_rejects_bad_methods_and_settings_before_training(capsys):
+    from lift_ray.eval.runner import eval_command
+
+    args = eval_parser().parse_args(["--methods", "base", "lift", "--niah-lengths", "256", "512", "--set", "seed=3"])
+    assert args.methods == ["base", "lift"] and args.niah_lengths == [256, 512] and args.overrides == ["seed=3"]
+    assert eval_parser().parse_args([]).methods == list(METHOD_NAMES)
+    assert eval_command(eval_parser().parse_args(["--methods", "rag"])) == 2
+    assert "unknown method 'rag'" in capsys.readouterr().out
+    assert eval_command(eval_parser().parse_args(["--set", "train.epochs=0"])) == 2
+    assert "train.epochs" in capsys.readouterr().out
