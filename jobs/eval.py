@@ -1,4 +1,4 @@
-"""Evaluation entry point for `ray job submit --working-dir . -- python jobs/eval.py [--methods ...] --config lift.yaml`."""
+"""Evaluation entry point: `ray job submit --working-dir . -- python jobs/eval.py --config lift.yaml`."""
 
 from __future__ import annotations
 
