@@ -188,6 +188,36 @@ def train_and_publish(
         raise RuntimeError(report.error or "training failed")
 
 
+def stage_resources(config: LiftConfig) -> dict[str, float]:
+    """CPUs and GPUs that generation and training hold at once when training streams from the generator."""
+    generator, train = config.generator, config.train
+    return {
+        "CPU": generator.num_replicas * generator.num_cpus + train.num_workers * train.cpus_per_worker + SPLIT_TASK_CPUS,
+        "GPU": generator.num_replicas * generator.num_gpus + (train.num_workers if train.use_gpu else 0),
+    }
+
+
+def streaming_fits(config: LiftConfig) -> bool:
+    """Whether the cluster has room right now for generator actors and trainer workers side by side.
+
+    Streaming needs both stages at once; where they do not fit, the generator would wait for the
+    trainer's resources while the trainer waits for its data, forever. Then the run generates first
+    and trains after (`train.pipeline=sequential`), and says so.
+    """
+    import ray
+
+    needed = stage_resources(config)
+    available = ray.available_resources()
+    missing = {k: v - available.get(k, 0.0) for k, v in needed.items() if v > available.get(k, 0.0) + 1e-9}
+    if missing:
+        log.warning(
+            "train.pipeline=streaming needs %s at once but only %s is free; generating first, then training",
+            {k: round(v, 2) for k, v in needed.items() if v},
+            {k: round(available.get(k, 0.0), 2) for k in needed if needed[k]},
+        )
+    return not missing
+
+
 def lift_documents(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
     """LIFT every document: skip those already published with this config, fail bad ones alone.
 
@@ -230,7 +260,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
             log.info("%s: QA pairs read from cache %s", document.doc_id, store.child_uri(cache_key))
         else:
             to_generate.append(document)
-    streaming = config.train.pipeline == "streaming"
+    streaming = config.train.pipeline == "streaming" and (not to_generate or streaming_fits(config))
     if to_generate and not streaming:
         started = time.perf_counter()
         generated = generate_qa(to_generate, config)

@@ -10,12 +10,13 @@ import pytest
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
 
-# Fractional CPUs so training workers, a generator actor and a Serve replica fit on 2 cores at once.
+# Fractional CPUs so training workers, a generator actor (both at once when training streams from the
+# generator) and a Serve replica fit on 2 cores: 2 x 0.4 + 0.4 + 0.25 (sentence split) + 0.3 + 0.1 (ingress).
 TEST_OVERRIDES = [
     "train.num_workers=2",
-    "train.cpus_per_worker=0.5",
+    "train.cpus_per_worker=0.4",
     "train.threads_per_worker=1",
-    "generator.num_cpus=0.5",
+    "generator.num_cpus=0.4",
 ]
 
 
@@ -65,7 +66,7 @@ def serve_url(ray_cluster: None, lift_config: LiftConfig, tmp_path_factory: pyte
         storage=lift_config.storage,
         port=_free_port(),
         adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"),
-        num_cpus_per_replica=0.5,
+        num_cpus_per_replica=0.3,
         torch_threads=1,
     )
     return start_serve(config)

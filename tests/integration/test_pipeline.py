@@ -70,3 +70,13 @@ def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_co
     assert run_lift(pipeline_config, inputs, run_id="rerun") == 1
     assert _report(store, "rerun")["pellworth"]["status"] == "skipped"
     assert read_manifest(store, "pipeline", "pellworth")["published_at"] == manifest["published_at"]
+
+
+def test_streaming_falls_back_to_sequential_when_both_stages_do_not_fit(ray_cluster, lift_config):
+    from lift_ray.pipeline import stage_resources, streaming_fits
+
+    # The default CPU config (1 CPU per generator actor and per trainer worker) needs 3.25 CPUs at once.
+    defaults = LiftConfig()
+    assert stage_resources(defaults) == {"CPU": 3.25, "GPU": 0}
+    assert not streaming_fits(defaults)  # this Ray instance has 2 CPUs
+    assert stage_resources(lift_config)["CPU"] <= 2
