@@ -191,8 +191,9 @@ def train_and_publish(
 def stage_resources(config: LiftConfig) -> dict[str, float]:
     """CPUs and GPUs that generation and training hold at once when training streams from the generator."""
     generator, train = config.generator, config.train
+    generator_cpus = generator.num_replicas * generator.num_cpus
     return {
-        "CPU": generator.num_replicas * generator.num_cpus + train.num_workers * train.cpus_per_worker + SPLIT_TASK_CPUS,
+        "CPU": generator_cpus + train.num_workers * train.cpus_per_worker + SPLIT_TASK_CPUS,
         "GPU": generator.num_replicas * generator.num_gpus + (train.num_workers if train.use_gpu else 0),
     }
 
