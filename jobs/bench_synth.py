@@ -17,6 +17,9 @@ import argparse
 import gc
 import json
 import logging
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,16 @@ def run_engine(config: LiftConfig, engine_name: str, batch_size: int, rows: list
     return {"figures": figures, "examples": [(r["sentence"], p) for r, p in pairs_by_sentence]}
 
 
+def run_in_subprocess(spec: str, argv: list[str]) -> dict[str, Any]:
+    """One engine run in a fresh process: vLLM binds the process's OpenMP threads, which slowed a later
+    HF run in the same process to a fifth of its speed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--single", spec, "--out", str(out)]
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text())
+
+
 def plot(engines: dict[str, dict[str, Any]], out: Path) -> None:
     """Bar chart of output tokens/s and QA pairs/s per engine."""
     import matplotlib
@@ -98,19 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="LiftConfig YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--runs", default=",".join(f"{e}:{b}" for e, b in RUNS), help="engine:batch,...")
+    parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one engine:batch in this process
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = load_config(LiftConfig, args.config, args.set)
-    print(config.to_yaml())
+    if not args.single:
+        print(config.to_yaml())
     document = read_document_file(SAMPLE)
     rows = sentence_rows(document, config.sentences.context_chars, config.sentences.max_sentence_chars)
     engines: dict[str, dict[str, Any]] = {}
     examples: dict[str, Any] = {}
+    if args.single:
+        engine_name, batch = args.single.split(":")
+        Path(args.out).write_text(json.dumps(run_engine(config, engine_name, int(batch), rows)))
+        return 0
     for spec in args.runs.split(","):
         engine_name, batch = spec.split(":")
         label = f"{engine_name}_batch{batch}"
-        print(f"--- {label}: {len(rows)} sentences")
-        result = run_engine(config, engine_name, int(batch), rows)
+        print(f"--- {label}: {len(rows)} sentences", flush=True)
+        result = run_in_subprocess(spec, argv or sys.argv[1:])
         engines[label] = result["figures"]
         examples[label] = result["examples"]
         print(json.dumps(result["figures"], indent=2))
