@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -179,7 +180,8 @@ def truncated_context(text: str, tokenizer: Any, max_tokens: int, marker: str = 
 
 
 class ChatModel(Protocol):
-    """What `answer_questions` needs: `lift_ray.serving.AdapterChatModel` has it."""
+    """What `answer_questions` needs: `lift_ray.eval.answerer.EvalChatModel` has it (and `chat_batch`, which
+    `answer_questions` uses when a model has it)."""
 
     loaded: set[str]
 
@@ -204,23 +206,28 @@ def answer_questions(
     max_new_tokens: int,
 ) -> list[dict[str, Any]]:
     """Ask every question, greedily, with the adapter of `doc_id` (None: the base model), the document
-    `context` in the prompt or not; one row per question: id, prediction, token counts, seconds."""
+    `context` in the prompt or not; one row per question: id, prediction, token counts, seconds (a batched
+    model's time is shared out evenly over its questions)."""
     if doc_id is not None and doc_id not in chat_model.loaded:
         chat_model.load_adapter(doc_id)
-    rows = []
-    for question in questions:
-        started = time.perf_counter()
-        reply = chat_model.chat(build_messages(question.question, context), doc_id, max_new_tokens, 0.0)
-        rows.append(
-            {
-                "id": question.id,
-                "prediction": reply.text,
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "seconds": round(time.perf_counter() - started, 4),
-            }
-        )
-    return rows
+    conversations = [build_messages(question.question, context) for question in questions]
+    started = time.perf_counter()
+    chat_batch = getattr(chat_model, "chat_batch", None)
+    if chat_batch is not None:
+        replies = chat_batch(conversations, doc_id, max_new_tokens)
+    else:
+        replies = [chat_model.chat(messages, doc_id, max_new_tokens, 0.0) for messages in conversations]
+    seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
+    return [
+        {
+            "id": question.id,
+            "prediction": reply.text,
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "seconds": seconds,
+        }
+        for question, reply in zip(questions, replies, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- scoring
@@ -381,6 +388,44 @@ def plot_niah_heatmap(
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+class MemoryPeak:
+    """Context manager sampling the resident memory of this process and all its children (Ray's local
+    workers are its grandchildren) every `interval_s`; `peak_mb` is the highest sum seen. Shared pages count
+    once per process, so the figure is an upper bound."""
+
+    def __init__(self, interval_s: float = 2.0) -> None:
+        self.interval_s = interval_s
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _total_mb(self) -> float:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for process in [me, *me.children(recursive=True)]:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # a worker that exited between listing and reading
+                continue
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_mb = round(max(self.peak_mb or 0.0, self._total_mb()), 1)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self) -> MemoryPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def peak_gpu_memory_mb() -> float | None:

@@ -11,6 +11,7 @@ import argparse
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lift_ray.eval.harness import (
     GENERAL_FILE,
     METHODS,
     ChatModel,
+    MemoryPeak,
     Method,
     Question,
     answer_questions,
@@ -89,6 +91,24 @@ def build_niah_documents(
     return documents
 
 
+def _answer_document(
+    chat_model: ChatModel,
+    method: Method,
+    document: Document,
+    questions: list[Question],
+    tokenizer: Any,
+    context_tokens: int,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    """`method`'s answers to `questions` about `document` (its adapter loaded, then unloaded)."""
+    context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
+    adapter = document.doc_id if method.adapter is not None else None
+    rows = answer_questions(chat_model, adapter, questions, context, max_new_tokens)
+    if adapter is not None and hasattr(chat_model, "unload_adapter"):
+        chat_model.unload_adapter(adapter)
+    return rows
+
+
 def run_eval(
     methods: Sequence[Method] = METHODS,
     *,
@@ -100,6 +120,8 @@ def run_eval(
     niah_lengths: Sequence[int] = (),
     niah_depths: Sequence[float] = niah.DEFAULT_DEPTHS,
     niah_instances: int = 1,
+    niah_methods: Sequence[str] | None = None,
+    niah_overrides: Sequence[str] = (),
     general: bool = True,
     plots_dir: Path | None = None,
     lift_fn: LiftFn | None = None,
@@ -108,61 +130,103 @@ def run_eval(
     """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
 
     Per method: exact_match, f1, contains, by_kind, general_contains (adapter methods: the general questions
-    asked with each document's adapter), niah_accuracy and niah_grid, seconds_per_document (LIFT time, trained
-    methods), peak_memory_mb (CUDA peak while answering; None on CPU). Adapters are trained once per variant.
+    asked with each document's adapter), niah_accuracy and niah_grid (for the methods in `niah_methods`,
+    default all; haystacks are LIFTed with `niah_overrides` on top), and costs: train_seconds_per_document
+    (LIFT time; None when the adapters were already published), answer_seconds_per_question,
+    seconds_per_document (training plus answering a document's questions) and peak_memory_mb (CUDA peak, or
+    on CPU the peak resident memory of this process and its children, Ray's workers included).
+    Adapters are trained once per variant and reused (`lift_icl` answers with `lift`'s).
     """
     if lift_fn is None:
         from lift_ray.pipeline import lift_documents as lift_fn
     if chat_model_factory is None:
-        from lift_ray.serving import AdapterChatModel as chat_model_factory
+        from lift_ray.eval.answerer import EvalChatModel as chat_model_factory
     documents, questions = load_docqa(data_dir)
     general_questions = load_general(Path(data_dir) / GENERAL_FILE) if general else []
+    niah_names = set(niah_methods if niah_methods is not None else [m.name for m in methods])
     results: dict[str, dict[str, Any]] = {}
-    trained: dict[str, dict[str, float | None]] = {}
+    trained: dict[str, dict[str, Any]] = {}
+    general_by_adapter: dict[str | None, float] = {}
     niah_docs: dict[tuple[int, float, int], Document] = {}
 
     for method in methods:
+        log.info("method %s: %s", method.name, method.description)
         config = method_config(method, config_path, overrides)
-        chat_model = chat_model_factory(ServeConfig(model=config.model, storage=config.storage))
-        tokenizer = getattr(chat_model, "tokenizer", None)
-        if niah_lengths and not niah_docs:
-            niah_docs = build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer)
-        if method.adapter is not None and method.adapter not in trained:
-            trained[method.adapter] = {
-                "docqa": train_adapters(list(documents.values()), config, lift_fn),
-                "niah": train_adapters(list(niah_docs.values()), niah_config(config), lift_fn) if niah_docs else None,
-            }
         reset_peak_gpu_memory()
-        predictions: dict[str, str] = {}
-        general_scores: list[float] = []
-        for doc_id, document in documents.items():
-            doc_questions = [q for q in questions if q.doc_id == doc_id]
-            context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
-            adapter = doc_id if method.adapter is not None else None
-            for row in answer_questions(chat_model, adapter, doc_questions, context, max_new_tokens):
-                predictions[row["id"]] = row["prediction"]
-            if general_questions and (adapter is not None or not general_scores):
-                answers = answer_questions(chat_model, adapter, general_questions, None, max_new_tokens)
-                general_scores.append(score_answers([a["prediction"] for a in answers], general_questions)["contains"])
+        with MemoryPeak() as memory:
+            chat_model = chat_model_factory(ServeConfig(model=config.model, storage=config.storage))
+            tokenizer = getattr(chat_model, "tokenizer", None)
+            run_niah = bool(niah_lengths) and method.name in niah_names
+            if run_niah and not niah_docs:
+                niah_docs = build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer)
+            if method.adapter is not None and method.adapter not in trained:
+                trained[method.adapter] = {"docqa": train_adapters(list(documents.values()), config, lift_fn)}
+            if run_niah and method.adapter is not None and "niah" not in trained[method.adapter]:
+                lift_niah = niah_config(method_config(method, config_path, [*overrides, *niah_overrides]))
+                trained[method.adapter]["niah"] = train_adapters(list(niah_docs.values()), lift_niah, lift_fn)
+            answered = time.perf_counter()
+            predictions: dict[str, str] = {}
+            for doc_id, document in documents.items():
+                doc_questions = [q for q in questions if q.doc_id == doc_id]
+                for row in _answer_document(
+                    chat_model, method, document, doc_questions, tokenizer, context_tokens, max_new_tokens
+                ):
+                    predictions[row["id"]] = row["prediction"]
+            answer_seconds = time.perf_counter() - answered
+            # General questions go without the document: `lift_icl` asks them exactly as `lift` does.
+            if general_questions and method.adapter not in general_by_adapter:
+                general_scores = []
+                for document in documents.values() if method.adapter is not None else []:
+                    answers = _answer_document(
+                        chat_model,
+                        replace(method, context=False),
+                        document,
+                        general_questions,
+                        tokenizer,
+                        0,
+                        max_new_tokens,
+                    )
+                    general_scores.append(
+                        score_answers([a["prediction"] for a in answers], general_questions)["contains"]
+                    )
+                if method.adapter is None:
+                    answers = answer_questions(chat_model, None, general_questions, None, max_new_tokens)
+                    general_scores.append(
+                        score_answers([a["prediction"] for a in answers], general_questions)["contains"]
+                    )
+                general_by_adapter[method.adapter] = sum(general_scores) / len(general_scores)
+            entry: dict[str, Any] = {}
+            if run_niah:
+                grid = niah_grid(chat_model, method, niah_docs, tokenizer, context_tokens, max_new_tokens)
+                entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
+                entry["niah_accuracy"] = sum(grid.values()) / len(grid)
+                entry["niah_train_seconds_per_document"] = trained.get(method.adapter or "", {}).get("niah")
+                if plots_dir is not None:
+                    plot_niah_heatmap(grid, Path(plots_dir) / f"niah_{method.name}.png", f"NIAH: {method.name}")
+            del chat_model
         scores = score_answers([predictions[q.id] for q in questions], questions)
-        entry: dict[str, Any] = {
-            "exact_match": scores["exact_match"],
-            "f1": scores["f1"],
-            "contains": scores["contains"],
-            "by_kind": scores["by_kind"],
-            "general_contains": sum(general_scores) / len(general_scores) if general_scores else None,
-            "seconds_per_document": trained.get(method.adapter or "", {}).get("docqa"),
-            "per_question": scores["per_question"],
-        }
-        if niah_docs:
-            grid = niah_grid(chat_model, method, niah_docs, tokenizer, context_tokens, max_new_tokens)
-            entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
-            entry["niah_accuracy"] = sum(grid.values()) / len(grid)
-            if plots_dir is not None:
-                plot_niah_heatmap(grid, Path(plots_dir) / f"niah_{method.name}.png", f"NIAH: {method.name}")
-        entry["peak_memory_mb"] = peak_gpu_memory_mb()
+        train_seconds = trained.get(method.adapter or "", {}).get("docqa")
+        answer_per_document = answer_seconds / max(1, len(documents))
+        entry.update(
+            {
+                "exact_match": scores["exact_match"],
+                "f1": scores["f1"],
+                "contains": scores["contains"],
+                "by_kind": scores["by_kind"],
+                "general_contains": general_by_adapter.get(method.adapter) if general_questions else None,
+                "train_seconds_per_document": train_seconds,
+                "answer_seconds_per_question": answer_seconds / max(1, len(questions)),
+                "seconds_per_document": (
+                    None
+                    if method.adapter is not None and train_seconds is None
+                    else (train_seconds or 0.0) + answer_per_document
+                ),
+                "peak_memory_mb": peak_gpu_memory_mb() or memory.peak_mb,
+                "per_question": scores["per_question"],
+            }
+        )
         results[method.name] = entry
-        del chat_model
+        log.info("method %s: %s", method.name, {k: v for k, v in entry.items() if k not in {"per_question", "by_kind"}})
     return results
 
 
@@ -194,6 +258,17 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--niah-lengths", type=int, nargs="*", default=[], help="NIAH haystack lengths (none: skip)")
     parser.add_argument("--niah-depths", type=float, nargs="+", default=list(niah.DEFAULT_DEPTHS))
     parser.add_argument("--niah-instances", type=int, default=1, help="haystacks per cell (the paper uses 5)")
+    parser.add_argument(
+        "--niah-methods", nargs="+", default=None, metavar="METHOD", help="methods run on NIAH (default: all given)"
+    )
+    parser.add_argument(
+        "--niah-set",
+        dest="niah_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra settings for LIFTing haystacks (the paper trains NIAH longer), e.g. --niah-set train.epochs=8",
+    )
     parser.add_argument("--no-general", action="store_true", help="skip the general-knowledge side-effect check")
     parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
 
@@ -205,6 +280,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
     try:
         methods = [get_method(name) for name in args.methods]
+        for name in args.niah_methods or []:
+            get_method(name)
         for method in methods:
             method_config(method, args.config, args.overrides)  # a bad config fails before any training
     except ValueError as exc:
@@ -220,6 +297,8 @@ def eval_command(args: argparse.Namespace) -> int:
         niah_lengths=args.niah_lengths,
         niah_depths=args.niah_depths,
         niah_instances=args.niah_instances,
+        niah_methods=args.niah_methods,
+        niah_overrides=args.niah_overrides,
         general=not args.no_general,
         plots_dir=RESULTS_DIR,
     )
