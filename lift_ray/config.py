@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 EMBEDDED_MODEL = "embedded"
 DEFAULT_CACHE_DIR = Path(os.path.expanduser("~/.cache/lift-ray"))
@@ -258,21 +258,81 @@ class LiftConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+class AutoscalingSettings(_Section):
+    """Serve's `autoscaling_config` for the adapter deployment (replicas follow requests in flight)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0, description="requests in flight per replica to aim for")
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        return self
+
+
+class TenantSettings(_Section):
+    """API keys and the namespace each one may read; with no keys at all, the endpoint is open."""
+
+    api_keys: dict[str, list[SecretStr]] = Field(
+        default_factory=dict, description="namespace -> API keys that may list and ask its documents"
+    )
+    api_keys_env: str | None = Field(
+        "LIFT_RAY_API_KEYS",
+        description="environment variable with more keys, as 'namespace=key,namespace=key' (read by the ingress)",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _namespaces_are_safe(cls, api_keys: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        from lift_ray.documents import validate_doc_id
+
+        for namespace in api_keys:
+            validate_doc_id(namespace, what="namespace")
+        return api_keys
+
+
 class ServeConfig(_Section):
-    """The Ray Serve application: base model, adapter store, replica shape."""
+    """The Ray Serve application: base model, engine, adapter caches, tenants, replica shape."""
 
     model: ModelSettings = ModelSettings()
     storage: StorageSettings = StorageSettings()
-    max_adapters_per_replica: int = Field(8, ge=1)
-    adapter_cache_dir: Path = Field(DEFAULT_CACHE_DIR / "adapters")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers + peft (one request at a time); vllm: LoRARequests batched together"
+    )
+    vllm: VLLMSettings = VLLMSettings()
+    max_lora_rank: int = Field(16, ge=1, description="vllm: largest adapter rank accepted (bigger ones are refused)")
+    max_loras: int = Field(4, ge=1, description="vllm: different adapters in one batch")
+    max_num_seqs: int = Field(32, ge=1, description="vllm: sequences decoded together")
+    max_adapters_per_replica: int = Field(
+        8, ge=1, description="memory tier: adapters attached per replica (serve.multiplexed LRU)"
+    )
+    adapter_cache_dir: Path = Field(DEFAULT_CACHE_DIR / "adapters", description="disk tier: downloaded adapters")
+    adapter_cache_bytes: int = Field(4 << 30, ge=1, description="disk tier: LRU limit in bytes per node")
+    index_ttl_s: float = Field(30.0, ge=0, description="how often the manifest index of a namespace is re-listed")
+    context_tokens: int = Field(1024, ge=16, description="with_context: document tokens put in the prompt")
     max_new_tokens: int = Field(64, ge=1)
-    num_replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(32, ge=1, description="requests a replica accepts at once")
+    num_replicas: int = Field(1, ge=1, description="fixed replica count when `autoscaling` is not set")
+    autoscaling: AutoscalingSettings | None = None
     num_cpus_per_replica: float = Field(0.5, gt=0)
     num_gpus_per_replica: float = Field(0.0, ge=0)
     torch_threads: int = Field(2, ge=1)
+    tenants: TenantSettings = TenantSettings()
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = "/"
+
+    @field_validator("storage")
+    @classmethod
+    def _namespace_is_safe(cls, storage: StorageSettings) -> StorageSettings:
+        from lift_ray.documents import validate_doc_id
+
+        validate_doc_id(storage.namespace, what="namespace")
+        return storage
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -1,26 +1,50 @@
-"""Ray Serve application: an OpenAI-compatible ingress in front of multiplexed per-document adapters.
+"""Ray Serve application: an OpenAI-compatible ingress in front of replicas that multiplex per-document adapters.
 
-`build_app(config)` returns the application. `serve run serve.app:app_builder config=<file>` (or serve/config.yaml)
-use `app_builder`, which takes the path of a ServeConfig YAML file as the `config` argument.
+`build_app(config)` returns the application. `serve run serve/config.yaml` (or `serve deploy`) uses
+`app_builder`, which takes the path of a ServeConfig YAML file as the `config` argument.
+
+The deployments are thin: `AdapterModel` wraps `lift_ray.serving.AdapterService` (engine + adapter tiers),
+`OpenAIIngress` holds the tenants and the manifest index and speaks HTTP. See docs/serving.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from lift_ray.config import ServeConfig, load_config
-from lift_ray.documents import InvalidDocumentId, validate_doc_id
+from lift_ray.config import ServeConfig, TenantSettings, load_config
 from lift_ray.models import EMBEDDED_NAME
+from lift_ray.serving import (
+    AdapterService,
+    AdapterUnusable,
+    AnswerRequest,
+    BadRequest,
+    ManifestIndex,
+    NotAttached,
+    Tenants,
+    Unauthorized,
+    UnknownDocument,
+    adapter_key,
+    split_key,
+)
+from lift_ray.storage import Store
 
-BASE_MODEL_NAMES = {"base", EMBEDDED_NAME}
+BASE_MODEL = "base"
+_ATTACH_TRIES = 3
+
+
+# ---------------------------------------------------------------- request bodies
 
 
 class ChatMessage(BaseModel):
@@ -28,120 +52,318 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatCompletionRequest(BaseModel):
-    model: str = Field(description="a document id, or 'base' for the base model without an adapter")
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _CompletionBody(BaseModel):
+    # OpenAI clients send fields we do not use (top_p, response_format, user, ...): ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description=f"a document id, or '{BASE_MODEL}' for the base model")
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    temperature: float | None = Field(0.0, ge=0, le=2, description="0 (the default here) decodes greedily")
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    with_context: bool = Field(False, description="put the head and tail of the document in the prompt (LIFT+ICL)")
+
+
+class ChatCompletionBody(_CompletionBody):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, le=2048)
-    temperature: float = Field(0.0, ge=0, le=2)
 
 
-class LoadedAdapter:
-    """Handle to an adapter attached to the replica's model; Serve calls __del__ when it evicts it."""
+class CompletionBody(_CompletionBody):
+    prompt: str
 
-    def __init__(self, chat_model: Any, doc_id: str) -> None:
-        self.chat_model, self.doc_id = chat_model, doc_id
+
+# ---------------------------------------------------------------- the model replicas
+
+
+class _AttachedAdapter:
+    """What `serve.multiplexed` keeps per document; Serve calls `__del__` when it evicts it (and Python
+    may call it again at collection), so the release runs once."""
+
+    def __init__(self, service: AdapterService, key: str) -> None:
+        self.service, self.key, self.released = service, key, False
 
     def __del__(self) -> None:
-        self.chat_model.unload_adapter(self.doc_id)
+        if not self.released:
+            self.released = True
+            self.service.detach(*split_key(self.key))
+
+
+def _next_chunk(chunks: Iterator[Any]) -> Any:
+    return next(chunks, None)
 
 
 @serve.deployment
 class AdapterModel:
-    """One base model per replica; adapters multiplexed by document id."""
+    """One base model per replica; adapters multiplexed by '<namespace>/<doc_id>' (memory tier)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        from lift_ray.serving import AdapterChatModel
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.service = AdapterService(config, manage_memory=False)
+        service = self.service
 
-        self.config = ServeConfig.model_validate(config)
-        self.chat_model = AdapterChatModel(self.config)
-        chat_model = self.chat_model
-
-        async def load_adapter(doc_id: str) -> LoadedAdapter:
-            await asyncio.to_thread(chat_model.load_adapter, doc_id)
-            return LoadedAdapter(chat_model, doc_id)
+        async def attach(model_id: str) -> _AttachedAdapter:
+            await asyncio.to_thread(service.attach, *split_key(model_id))
+            return _AttachedAdapter(service, model_id)
 
         # Wired at init so the LRU size comes from the config (Serve supports this form).
-        self.get_adapter = serve.multiplexed(max_num_models_per_replica=self.config.max_adapters_per_replica)(
-            load_adapter
-        )
+        self.get_adapter = serve.multiplexed(max_num_models_per_replica=config.max_adapters_per_replica)(attach)
 
-    async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Generate one answer; errors come back as {'error': ..., 'status': ...} for the ingress to map."""
-        from lift_ray.serving import UnknownDocument
+    async def _attach(self, key: str) -> None:
+        if key not in self.service.attached:
+            # Download outside Serve's loader lock (it serialises loads): cold adapters of different documents
+            # come from the store in parallel, and concurrent requests for one share a download.
+            await asyncio.to_thread(self.service.fetcher.fetch, *split_key(key))
+        await self.get_adapter(key)
 
-        doc_id = serve.get_multiplexed_model_id() or None
+    async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield {'status': 200} then chunks, or one {'status': 4xx/5xx, 'error': ...}."""
+        request = AnswerRequest(**body)
+        key = serve.get_multiplexed_model_id() or None
         try:
-            if doc_id is not None:
-                await self.get_adapter(doc_id)
-            answer = await asyncio.to_thread(
-                self.chat_model.chat,
-                request["messages"],
-                doc_id,
-                request.get("max_tokens") or self.config.max_new_tokens,
-                request.get("temperature", 0.0),
-            )
+            for attempt in range(_ATTACH_TRIES):
+                if key is not None:
+                    await self._attach(key)
+                chunks = self.service.stream(request)
+                try:
+                    first = await asyncio.to_thread(_next_chunk, chunks)
+                    break
+                except NotAttached:
+                    if attempt + 1 == _ATTACH_TRIES:
+                        raise
         except UnknownDocument as exc:
-            return {"error": str(exc), "status": 404}
-        return {
-            "text": answer.text,
-            "prompt_tokens": answer.prompt_tokens,
-            "completion_tokens": answer.completion_tokens,
-        }
+            yield {"status": 404, "error": str(exc), "type": "not_found"}
+            return
+        except BadRequest as exc:
+            yield {"status": 400, "error": str(exc), "type": "invalid_request"}
+            return
+        except AdapterUnusable as exc:
+            yield {"status": 500, "error": str(exc), "type": "adapter_unusable"}
+            return
+        yield {"status": 200}
+        chunk = first
+        while chunk is not None:
+            yield {
+                "text": chunk.text,
+                "prompt_tokens": chunk.prompt_tokens,
+                "completion_tokens": chunk.completion_tokens,
+                "finish_reason": chunk.finish_reason,
+            }
+            chunk = await asyncio.to_thread(_next_chunk, chunks)
 
+    async def check_health(self) -> None:
+        """Serve's health check: the replica is healthy while its engine object exists (bad adapters do not count)."""
+        if self.service.engine is None:
+            raise RuntimeError("no engine")
+
+
+# ---------------------------------------------------------------- the ingress
 
 api = FastAPI(title="lift-ray", description="Ask questions of LIFTed documents: model = document id")
+
+
+@api.exception_handler(HTTPException)
+async def _openai_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Errors as {'detail': message, 'error': {...}}: our client reads the first, OpenAI SDKs the second."""
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+    body = {
+        "detail": exc.detail,
+        "error": {"message": exc.detail, "type": kinds.get(exc.status_code, "server_error"), "code": exc.status_code},
+    }
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
 
 
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
-    """OpenAI-compatible HTTP front door; routes each request to a replica by document id."""
+    """OpenAI-compatible HTTP front door: authenticates, checks the document exists, routes by document."""
 
-    def __init__(self, model: DeploymentHandle) -> None:
-        self.model = model
+    def __init__(self, model: DeploymentHandle, config: ServeConfig) -> None:
+        self.model, self.config = model, config
+        # The one place the endpoint reads the environment: API keys from the variable the config names.
+        self.tenants = Tenants.from_settings(config.tenants, config.storage.namespace, os.environ)
+        self.index = ManifestIndex(Store.from_uri(config.storage.root), ttl_s=config.index_ttl_s)
+        self.base_names = {BASE_MODEL, EMBEDDED_NAME}
+
+    def _namespace(self, request: Request) -> str:
+        try:
+            return self.tenants.namespace_for(request.headers.get("authorization"))
+        except Unauthorized as exc:
+            raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    async def _resolve(self, namespace: str, model: str) -> str | None:
+        """None for the base model, else the document id; 404 unless it is published in `namespace`."""
+        if model in self.base_names:
+            return None
+        if await asyncio.to_thread(self.index.lookup, namespace, model) is None:
+            # The same answer whether the id is unknown, invalid or another tenant's: existence does not leak.
+            raise HTTPException(404, f"the model {model!r} does not exist: no LIFTed document with that id")
+        return model
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.post("/v1/chat/completions")
-    async def chat_completions(self, request: ChatCompletionRequest) -> dict[str, Any]:
-        doc_id = None if request.model in BASE_MODEL_NAMES else request.model
-        if doc_id is not None:
-            try:
-                validate_doc_id(doc_id)
-            except InvalidDocumentId as exc:
-                raise HTTPException(status_code=404, detail=str(exc)) from None
-        handle = self.model.options(multiplexed_model_id=doc_id or "")
-        result = await handle.chat.remote(request.model_dump())
-        if "error" in result:
-            raise HTTPException(status_code=result["status"], detail=result["error"])
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        namespace = self._namespace(request)
+        manifests = await asyncio.to_thread(self.index.documents, namespace)
+        data = [{"id": BASE_MODEL, "object": "model", "created": 0, "owned_by": "lift-ray"}]
+        for manifest in manifests:
+            data.append(
+                {
+                    "id": manifest["doc_id"],
+                    "object": "model",
+                    "created": _timestamp(manifest.get("published_at")),
+                    "owned_by": namespace,
+                    "lift": {
+                        key: manifest.get(key)
+                        for key in ("qa_count", "adapter_bytes", "variant", "base_model", "final_loss")
+                    }
+                    | {"rank": (manifest.get("lora") or {}).get("rank"), "with_context": "document_text" in manifest},
+                }
+            )
+        return {"object": "list", "data": data}
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, body: ChatCompletionBody, request: Request) -> Any:
+        messages = [m.model_dump() for m in body.messages]
+        return await self._complete(body, request, messages=messages, prompt=None, kind="chat")
+
+    @api.post("/v1/completions", response_model=None)
+    async def completions(self, body: CompletionBody, request: Request) -> Any:
+        return await self._complete(body, request, messages=None, prompt=body.prompt, kind="text")
+
+    async def _complete(
+        self,
+        body: _CompletionBody,
+        request: Request,
+        messages: list[dict[str, str]] | None,
+        prompt: str | None,
+        kind: Literal["chat", "text"],
+    ) -> Any:
+        namespace = self._namespace(request)
+        doc_id = await self._resolve(namespace, body.model)
+        answer = AnswerRequest(
+            namespace=namespace,
+            doc_id=doc_id,
+            messages=messages,
+            prompt=prompt,
+            max_new_tokens=body.max_tokens or self.config.max_new_tokens,
+            temperature=body.temperature or 0.0,
+            seed=body.seed,
+            with_context=body.with_context,
+        )
+        model_id = adapter_key(namespace, doc_id) if doc_id is not None else ""
+        handle = self.model.options(multiplexed_model_id=model_id, stream=True)
+        replies = handle.generate.remote(answer.__dict__)
+        status = await replies.__anext__()
+        if status["status"] != 200:
+            raise HTTPException(status["status"], status["error"])
+        reply_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = self._events(replies, reply_id, body.model, kind, usage)
+            return StreamingResponse(events, media_type="text/event-stream")
+        text, last = [], None
+        async for chunk in replies:
+            text.append(chunk["text"])
+            last = chunk
+        content = "".join(text).strip()
+        choice: dict[str, Any] = {"index": 0, "finish_reason": last["finish_reason"] if last else "stop"}
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": content}
+        else:
+            choice["text"] = content
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
+            "id": reply_id,
+            "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()),
-            "model": request.model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": result["text"]}, "finish_reason": "stop"}
-            ],
-            "usage": {
-                "prompt_tokens": result["prompt_tokens"],
-                "completion_tokens": result["completion_tokens"],
-                "total_tokens": result["prompt_tokens"] + result["completion_tokens"],
-            },
+            "model": body.model,
+            "choices": [choice],
+            "usage": _usage(last),
         }
+
+    async def _events(
+        self, replies: Any, reply_id: str, model: str, kind: Literal["chat", "text"], include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        """OpenAI's server-sent events: one `data:` line per chunk, then `data: [DONE]`."""
+        created = int(time.time())
+        envelope = {
+            "id": reply_id,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": created,
+            "model": model,
+        }
+        if kind == "chat":
+            yield _sse({**envelope, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+        last = None
+        async for chunk in replies:
+            last = chunk
+            if not chunk["text"] and chunk["finish_reason"] is None:
+                continue
+            if kind == "chat":
+                delta = {"content": chunk["text"]} if chunk["text"] else {}
+                choice = {"index": 0, "delta": delta, "finish_reason": chunk["finish_reason"]}
+            else:
+                choice = {"index": 0, "text": chunk["text"], "finish_reason": chunk["finish_reason"]}
+            yield _sse({**envelope, "choices": [choice]})
+        if include_usage:
+            yield _sse({**envelope, "choices": [], "usage": _usage(last)})
+        yield _sse("[DONE]")
+
+
+def _usage(last: dict[str, Any] | None) -> dict[str, int]:
+    prompt, completion = (last["prompt_tokens"], last["completion_tokens"]) if last else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _timestamp(iso: str | None) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
+    except ValueError:
+        return 0
+
+
+# ---------------------------------------------------------------- building the application
+
+
+def deployment_options(config: ServeConfig) -> dict[str, Any]:
+    """Serve options of the adapter deployment: replica resources and fixed replicas or autoscaling."""
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
+        "max_ongoing_requests": config.max_ongoing_requests,
+    }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = config.num_replicas
+    return options
 
 
 def build_app(config: ServeConfig) -> serve.Application:
     """The Serve application for `config`: ingress → multiplexed adapter model."""
-    model = AdapterModel.options(
-        num_replicas=config.num_replicas,
-        ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
+    # The model replicas never see API keys; only the ingress does (as an object, not a logged dict).
+    model_config = config.model_copy(update={"tenants": TenantSettings(api_keys={}, api_keys_env=None)})
+    model = AdapterModel.options(**deployment_options(config)).bind(model_config)
+    ingress = OpenAIIngress.options(
+        ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max(100, 4 * config.max_ongoing_requests)
     )
-    model = model.bind(config.model_dump(mode="json"))
-    return OpenAIIngress.options(ray_actor_options={"num_cpus": 0.1}).bind(model)
+    return ingress.bind(model, config)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Entry point for `serve run serve.app:app_builder config=path.yaml`."""
+    """Entry point for `serve run serve/config.yaml` / `serve deploy`: args.config is a ServeConfig YAML path."""
     return build_app(load_config(ServeConfig, args.get("config")))

@@ -1,0 +1,79 @@
+"""Which documents a namespace has, for `/v1/models` and for 404s, without listing the bucket per request.
+
+The index lists a namespace's keys at most once every `ttl_s` seconds and reads only the manifests of
+documents it has not seen yet. A document id it does not know is looked up directly (one manifest read),
+so an adapter published a moment ago is answerable at once; a miss is remembered for `miss_ttl_s`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lift_ray.documents import InvalidDocumentId, validate_doc_id
+from lift_ray.storage import MANIFEST_NAME, Store, read_manifest
+
+
+class ManifestIndex:
+    """Manifests by namespace and document id: a cached listing refreshed on a TTL."""
+
+    def __init__(
+        self, store: Store, ttl_s: float = 30.0, miss_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.store, self.ttl_s, self.miss_ttl_s, self.clock = store, ttl_s, miss_ttl_s, clock
+        self._documents: dict[str, dict[str, dict[str, Any]]] = {}
+        self._listed_at: dict[str, float] = {}
+        self._misses: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self.listings = 0  # how many times a namespace was listed (for tests and metrics)
+
+    def _refresh(self, namespace: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            listed_at = self._listed_at.get(namespace)
+            if listed_at is not None and self.clock() - listed_at < self.ttl_s:
+                return self._documents[namespace]
+            known = self._documents.get(namespace, {})
+            doc_ids = {
+                parts[1]
+                for parts in (key.split("/") for key in self.store.list_keys(namespace))
+                if len(parts) == 3 and parts[2] == MANIFEST_NAME
+            }
+            documents = {}
+            for doc_id in sorted(doc_ids):
+                manifest = known.get(doc_id) or read_manifest(self.store, namespace, doc_id)
+                if manifest is not None:
+                    documents[doc_id] = manifest
+            self._documents[namespace] = documents
+            self._listed_at[namespace] = self.clock()
+            self.listings += 1
+            return documents
+
+    def documents(self, namespace: str) -> list[dict[str, Any]]:
+        """The manifests of every published document in `namespace`, sorted by document id."""
+        validate_doc_id(namespace, "namespace")
+        documents = self._refresh(namespace)
+        return [documents[doc_id] for doc_id in sorted(documents)]
+
+    def lookup(self, namespace: str, doc_id: str) -> dict[str, Any] | None:
+        """The manifest of `doc_id` in `namespace`, or None if it is not published (or not a valid id)."""
+        try:
+            validate_doc_id(namespace, "namespace")
+            validate_doc_id(doc_id)
+        except InvalidDocumentId:
+            return None
+        manifest = self._refresh(namespace).get(doc_id)
+        if manifest is not None:
+            return manifest
+        missed_at = self._misses.get((namespace, doc_id))
+        if missed_at is not None and self.clock() - missed_at < self.miss_ttl_s:
+            return None
+        manifest = read_manifest(self.store, namespace, doc_id)
+        with self._lock:
+            if manifest is None:
+                self._misses[(namespace, doc_id)] = self.clock()
+            else:
+                self._misses.pop((namespace, doc_id), None)
+                self._documents.setdefault(namespace, {})[doc_id] = manifest
+        return manifest
