@@ -19,6 +19,7 @@ from lift_ray.documents import validate_doc_id
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+DOCUMENT_TEXT_NAME = "document.txt"
 ADAPTER_FOLDER = "adapter"
 COMPLETE_MARKER = ".lift-ray-complete"
 _TMP_PREFIX = ".lift-ray-tmp-"
@@ -463,8 +464,11 @@ def _adapter_prefix(namespace: str, doc_id: str) -> str:
     return f"{document_prefix(namespace, doc_id)}/{ADAPTER_FOLDER}"
 
 
-def publish_adapter(store: Store, namespace: str, doc_id: str, adapter_dir: Path, manifest: dict) -> dict:
-    """Upload an adapter folder and then, last, its manifest; returns the manifest as written."""
+def publish_adapter(
+    store: Store, namespace: str, doc_id: str, adapter_dir: Path, manifest: dict, document_text: str | None = None
+) -> dict:
+    """Upload an adapter folder (and the document's text, which the endpoint's `with_context` reads) and
+    then, last, its manifest; returns the manifest as written."""
     adapter_prefix = _adapter_prefix(namespace, doc_id)
     adapter_dir = Path(adapter_dir)
     files = sorted(p for p in adapter_dir.rglob("*") if p.is_file()) if adapter_dir.is_dir() else []
@@ -474,8 +478,13 @@ def publish_adapter(store: Store, namespace: str, doc_id: str, adapter_dir: Path
     store.delete(_manifest_key(namespace, doc_id))
     store.delete_prefix(adapter_prefix)
     keys = store.upload_dir(adapter_dir, adapter_prefix)
+    text_fields = {}
+    if document_text is not None:
+        store.write_text(f"{document_prefix(namespace, doc_id)}/{DOCUMENT_TEXT_NAME}", document_text)
+        text_fields = {"document_text": DOCUMENT_TEXT_NAME}
     written = {
         **manifest,
+        **text_fields,
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "namespace": namespace,
         "doc_id": doc_id,
@@ -497,6 +506,14 @@ def read_manifest(store: Store, namespace: str, doc_id: str) -> dict | None:
     if not isinstance(manifest, dict):
         raise StoreError(f"{store.child_uri(_manifest_key(namespace, doc_id))} is not a JSON object")
     return manifest
+
+
+def read_document_text(store: Store, namespace: str, doc_id: str) -> str | None:
+    """The text published with a document's adapter, or None when it was published without it."""
+    try:
+        return store.read_text(f"{document_prefix(namespace, doc_id)}/{DOCUMENT_TEXT_NAME}")
+    except ObjectNotFound:
+        return None
 
 
 def list_manifests(store: Store, namespace: str) -> list[dict]:

@@ -100,7 +100,9 @@ class StorePublisher:
     def adapter(self, job: DocumentJob, adapter_dir: Path, result: DocumentResult) -> dict[str, Any]:
         """Publish; returns the adapter's uri and size."""
         manifest = adapter_manifest(self.config, job, result)
-        manifest = publish_adapter(self.store, self.config.storage.namespace, job.doc_id, adapter_dir, manifest)
+        manifest = publish_adapter(
+            self.store, self.config.storage.namespace, job.doc_id, adapter_dir, manifest, document_text=job.text or None
+        )
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
 
 
