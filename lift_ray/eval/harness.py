@@ -333,6 +333,8 @@ def eval_results(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
     table: dict[str, dict[str, Any]] = {}
     for name in METHOD_NAMES:
         given = dict(results.get(name, {}))
+        if name not in results:
+            given["note"] = "not run in this evaluation"
         table[name] = {field: _clean(given.pop(field, None)) for field in RESULT_FIELDS}
         table[name].update({key: _clean(value) for key, value in given.items()})
     return table
@@ -354,15 +356,8 @@ def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(["method", *RESULT_FIELDS], rows)
 
 
-def plot_niah_heatmap(
-    grid: Mapping[tuple[int, float], float], out_png: str | Path, title: str = "NIAH accuracy"
-) -> Path:
-    """A heatmap of accuracy per (length in tokens, depth 0..1) cell, lengths across and depths down
-    (the paper's Figure 5); missing cells are grey."""
+def _draw_heatmap(axis: Any, grid: Mapping[tuple[int, float], float], title: str) -> Any:
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     if not grid:
@@ -373,7 +368,6 @@ def plot_niah_heatmap(
     for (length, depth), accuracy in grid.items():
         values[depths.index(depth), lengths.index(length)] = accuracy
     cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
-    fig, axis = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.6 * len(depths) + 1.8))
     image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     for row, column in np.ndindex(values.shape):
         if not np.isnan(values[row, column]):
@@ -381,7 +375,68 @@ def plot_niah_heatmap(
     axis.set_xticks(range(len(lengths)), [str(length) for length in lengths])
     axis.set_yticks(range(len(depths)), [f"{round(depth * 100)}%" for depth in depths])
     axis.set(xlabel="document length (tokens)", ylabel="needle depth", title=title)
-    fig.colorbar(image, ax=axis, label="accuracy")
+    return image
+
+
+def plot_niah_heatmap(
+    grid: Mapping[tuple[int, float], float], out_png: str | Path, title: str = "NIAH accuracy"
+) -> Path:
+    """A heatmap of accuracy per (length in tokens, depth 0..1) cell, lengths across and depths down
+    (the paper's Figure 5); missing cells are grey."""
+    return plot_niah_grids({title: grid}, out_png)
+
+
+def plot_niah_grids(grids: Mapping[str, Mapping[tuple[int, float], float]], out_png: str | Path) -> Path:
+    """One NIAH heatmap per entry of `grids` (title → grid), side by side, sharing one colour scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not grids:
+        raise ValueError("no NIAH grid to plot")
+    columns = max(len({length for length, _ in grid}) for grid in grids.values())
+    rows = max(len({depth for _, depth in grid}) for grid in grids.values())
+    fig, axes = plt.subplots(
+        1, len(grids), figsize=(len(grids) * (1.2 * columns + 2.0) + 1.0, 0.6 * rows + 1.8), squeeze=False
+    )
+    for axis, (title, grid) in zip(axes[0], grids.items(), strict=True):
+        image = _draw_heatmap(axis, grid, title)
+    fig.colorbar(image, ax=list(axes[0]), label="accuracy")
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_scores(results: Mapping[str, Mapping[str, Any]], out_png: str | Path, title: str = "Document QA") -> Path:
+    """Bars of exact match, F1 and `contains` per method that was run, with each method's cost (seconds per
+    document) written under its name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [name for name in METHOD_NAMES if results.get(name, {}).get("f1") is not None]
+    if not names:
+        raise ValueError("no method with scores to plot")
+    metrics = ("exact_match", "f1", "contains")
+    positions = np.arange(len(names))
+    fig, axis = plt.subplots(figsize=(1.4 * len(names) + 2.5, 4.2))
+    for offset, metric in enumerate(metrics):
+        values = [results[name].get(metric) or 0.0 for name in names]
+        bars = axis.bar(positions + (offset - 1) * 0.27, values, 0.27, label=metric)
+        axis.bar_label(bars, fmt="%.2f", fontsize=7)
+
+    def cost(name: str) -> str:
+        seconds = results[name].get("seconds_per_document")
+        return f"{name}\n{seconds:.0f} s/doc" if seconds is not None else f"{name}\n(cost n/a)"
+
+    axis.set_xticks(positions, [cost(name) for name in names], fontsize=8)
+    axis.set(ylim=(0, 1.05), ylabel="score", title=title)
+    axis.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

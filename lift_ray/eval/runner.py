@@ -31,7 +31,8 @@ from lift_ray.eval.harness import (
     load_docqa,
     load_general,
     peak_gpu_memory_mb,
-    plot_niah_heatmap,
+    plot_niah_grids,
+    plot_scores,
     reset_peak_gpu_memory,
     results_table,
     score_answers,
@@ -123,9 +124,9 @@ def run_eval(
     niah_methods: Sequence[str] | None = None,
     niah_overrides: Sequence[str] = (),
     general: bool = True,
-    plots_dir: Path | None = None,
     lift_fn: LiftFn | None = None,
     chat_model_factory: ChatModelFactory | None = None,
+    on_method: Callable[[dict[str, dict[str, Any]]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
 
@@ -135,7 +136,8 @@ def run_eval(
     (LIFT time; None when the adapters were already published), answer_seconds_per_question,
     seconds_per_document (training plus answering a document's questions) and peak_memory_mb (CUDA peak, or
     on CPU the peak resident memory of this process and its children, Ray's workers included).
-    Adapters are trained once per variant and reused (`lift_icl` answers with `lift`'s).
+    Adapters are trained once per variant and reused (`lift_icl` answers with `lift`'s). `on_method` gets
+    the results so far after each method (a long run writes them as it goes).
     """
     if lift_fn is None:
         from lift_ray.pipeline import lift_documents as lift_fn
@@ -196,13 +198,13 @@ def run_eval(
                     )
                 general_by_adapter[method.adapter] = sum(general_scores) / len(general_scores)
             entry: dict[str, Any] = {}
+            if niah_lengths and not run_niah:
+                entry["note"] = "not run on NIAH (niah_accuracy is null)"
             if run_niah:
                 grid = niah_grid(chat_model, method, niah_docs, tokenizer, context_tokens, max_new_tokens)
                 entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
                 entry["niah_accuracy"] = sum(grid.values()) / len(grid)
                 entry["niah_train_seconds_per_document"] = trained.get(method.adapter or "", {}).get("niah")
-                if plots_dir is not None:
-                    plot_niah_heatmap(grid, Path(plots_dir) / f"niah_{method.name}.png", f"NIAH: {method.name}")
             del chat_model
         scores = score_answers([predictions[q.id] for q in questions], questions)
         train_seconds = trained.get(method.adapter or "", {}).get("docqa")
@@ -226,6 +228,8 @@ def run_eval(
             }
         )
         results[method.name] = entry
+        if on_method is not None:
+            on_method(results)
         log.info("method %s: %s", method.name, {k: v for k, v in entry.items() if k not in {"per_question", "by_kind"}})
     return results
 
@@ -249,6 +253,63 @@ def niah_grid(
     return niah.niah_accuracy(outcomes)
 
 
+def eval_plan(
+    methods: Sequence[Method],
+    config: LiftConfig,
+    data_dir: str | Path = DOCQA_DIR,
+    niah_lengths: Sequence[int] = (),
+    niah_depths: Sequence[float] = niah.DEFAULT_DEPTHS,
+    niah_instances: int = 1,
+    niah_methods: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """What a run will train, before it starts: per trained variant and task, the documents, their sentences
+    (one generator prompt each; none for Finetune-Raw) and tokens. Multiply by measured rates to budget it."""
+    from lift_ray.documents import sentence_rows
+    from lift_ray.models import load_tokenizer, resolve_base_model
+
+    tokenizer = load_tokenizer(resolve_base_model(config.model.base_model, Path(config.model.cache_dir)))
+    documents, questions = load_docqa(data_dir)
+    tasks = {"docqa": list(documents.values())}
+    niah_names = set(niah_methods if niah_methods is not None else [m.name for m in methods])
+    if niah_lengths and niah_names & {m.name for m in methods}:
+        tasks["niah"] = list(build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer).values())
+    rows, seen = [], set()
+    for method in methods:
+        for task, docs in tasks.items():
+            if method.adapter is None or (method.adapter, task) in seen:
+                continue
+            if task == "niah" and method.name not in niah_names:
+                continue
+            seen.add((method.adapter, task))
+            variant = method_config(method).train.variant
+            sentences = sum(
+                len(sentence_rows(d, config.sentences.context_chars, config.sentences.max_sentence_chars)) for d in docs
+            )
+            rows.append(
+                {
+                    "variant": method.adapter,
+                    "task": task,
+                    "documents": len(docs),
+                    "sentences": 0 if variant == "finetune_raw" else sentences,
+                    "tokens": sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs),
+                }
+            )
+    return rows
+
+
+def _without_predictions(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: {k: v for k, v in entry.items() if k != "per_question"} for name, entry in results.items()}
+
+
+def niah_cells(grid: dict[str, float]) -> dict[tuple[int, float], float]:
+    """A results file's NIAH grid (`"1024@0.5": accuracy`) back as (length, depth) cells."""
+    cells = {}
+    for key, accuracy in grid.items():
+        length, depth = key.split("@")
+        cells[(int(length), float(depth))] = accuracy
+    return cells
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lift-ray eval`."""
     parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS], metavar="METHOD")
@@ -270,6 +331,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra settings for LIFTing haystacks (the paper trains NIAH longer), e.g. --niah-set train.epochs=8",
     )
     parser.add_argument("--no-general", action="store_true", help="skip the general-knowledge side-effect check")
+    parser.add_argument("--plan-only", action="store_true", help="print what would be trained, then stop")
     parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
 
 
@@ -287,6 +349,22 @@ def eval_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lift-ray eval: {exc}", flush=True)
         return 2
+    from lift_ray.bench import markdown_table
+
+    plan = eval_plan(
+        methods,
+        method_config(methods[0], args.config, args.overrides),
+        args.data,
+        args.niah_lengths,
+        args.niah_depths,
+        args.niah_instances,
+        args.niah_methods,
+    )
+    if plan:
+        table = markdown_table(list(plan[0]), [list(row.values()) for row in plan])
+        print(f"plan (trained variants):\n{table}", flush=True)
+    if args.plan_only:
+        return 0
     results = run_eval(
         methods,
         config_path=args.config,
@@ -300,12 +378,17 @@ def eval_command(args: argparse.Namespace) -> int:
         niah_methods=args.niah_methods,
         niah_overrides=args.niah_overrides,
         general=not args.no_general,
-        plots_dir=RESULTS_DIR,
+        on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{args.name}_partial"),
     )
     from lift_ray.bench import write_results
 
     per_question = {name: entry.pop("per_question", []) for name, entry in results.items()}
     path = write_eval_results(results, args.name)
+    (RESULTS_DIR / f"{args.name}_partial.json").unlink(missing_ok=True)
+    plot_scores(results, RESULTS_DIR / f"{args.name}_scores.png", "Document QA: scores and LIFT cost per document")
+    grids = {name: niah_cells(entry["niah_grid"]) for name, entry in results.items() if entry.get("niah_grid")}
+    if grids:
+        plot_niah_grids(grids, RESULTS_DIR / f"{args.name}_niah.png")
     predictions = write_results(f"{args.name}_predictions", per_question)
     print(results_table(results), flush=True)
     print(f"results: {path}\npredictions: {predictions}", flush=True)

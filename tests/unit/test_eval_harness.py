@@ -295,6 +295,36 @@ def test_the_niah_heatmap_is_written(tmp_path):
         plot_niah_heatmap({}, tmp_path / "none.png")
 
 
+def test_niah_grids_of_several_methods_share_one_figure_and_round_trip_through_the_results_file(tmp_path):
+    import matplotlib.image
+
+    from lift_ray.eval.harness import plot_niah_grids
+    from lift_ray.eval.runner import niah_cells
+
+    stored = {"1024@0.0": 1.0, "1024@0.5": 0.0, "2048@1.0": 0.5}
+    cells = niah_cells(stored)
+    assert cells == {(1024, 0.0): 1.0, (1024, 0.5): 0.0, (2048, 1.0): 0.5}
+    one = plot_niah_grids({"lift": cells}, tmp_path / "one.png")
+    two = plot_niah_grids({"lift": cells, "finetune_raw": cells}, tmp_path / "two.png")
+    assert matplotlib.image.imread(two).shape[1] > 1.5 * matplotlib.image.imread(one).shape[1]
+
+
+def test_the_score_chart_names_each_run_method_with_its_cost(tmp_path):
+    import matplotlib.image
+
+    from lift_ray.eval.harness import plot_scores
+
+    results = {
+        "base": {"exact_match": 0.0, "f1": 0.1, "contains": 0.0, "seconds_per_document": 2.0},
+        "lift": {"exact_match": 0.3, "f1": 0.5, "contains": 0.6, "seconds_per_document": 300.0},
+        "icl": {"exact_match": None, "f1": None},
+    }
+    out = plot_scores(results, tmp_path / "scores.png")
+    assert matplotlib.image.imread(out).shape[0] > 100
+    with pytest.raises(ValueError, match="no method"):
+        plot_scores({"icl": {"f1": None}}, tmp_path / "none.png")
+
+
 # ---------------------------------------------------------------- answering and the runner, with fakes
 
 
@@ -381,7 +411,6 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         overrides=["train.epochs=1"],
         niah_lengths=[128],
         niah_depths=[0.0, 1.0],
-        plots_dir=tmp_path,
         lift_fn=fake_lift,
         chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
     )
@@ -395,7 +424,7 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
     assert results["lift"]["train_seconds_per_document"] is not None
     assert results["icl"]["train_seconds_per_document"] is None and results["icl"]["seconds_per_document"] > 0
     assert results["lift"]["general_contains"] == 0.0  # the fake answers the document, not the general question
-    assert (tmp_path / "niah_lift.png").exists() and (tmp_path / "niah_base.png").exists()
+    assert results["lift"]["niah_grid"] == {"128@0.0": 1.0, "128@1.0": 1.0}
     icl_prompts = [content for doc_id, content, *_ in calls if "Here is a document." in content]
     assert icl_prompts and all(content.count(niah.NEEDLE) <= 1 for content in icl_prompts)
     assert set(eval_results(results)) == set(METHOD_NAMES)
