@@ -1,0 +1,139 @@
+"""The transformers engine and AdapterService on the embedded model: slots match peft, streaming, context, tiers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lift_ray.config import ServeConfig, StorageSettings
+from lift_ray.eval.harness import CUT_MARKER
+from lift_ray.serving import AdapterService, AdapterUnusable, AnswerRequest, BadRequest, GenerationRequest, HFPeftEngine
+from lift_ray.serving.random_adapters import write_random_adapter
+from lift_ray.storage import Store, publish_adapter
+
+NAMESPACE = "default"
+QUESTION = [{"role": "user", "content": "Name three colours."}]
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_dir: Path) -> HFPeftEngine:
+    return HFPeftEngine(embedded_model_dir, threads=2, slots=3, max_rank=8)
+
+
+@pytest.fixture(scope="module")
+def adapters(embedded_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random rank-8 adapters strong enough to change greedy answers."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        f"doc{i}": write_random_adapter(embedded_model_dir, root / f"doc{i}", rank=8, seed=i, strength=2)
+        for i in range(4)
+    }
+
+
+def prompt(engine: HFPeftEngine, messages: list[dict[str, str]]) -> list[int]:
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, *messages]
+    text = engine.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate(engine: HFPeftEngine, key: str | None, max_new_tokens: int = 12) -> str:
+    return "".join(
+        chunk.text for chunk in engine.stream(GenerationRequest(prompt(engine, QUESTION), key, max_new_tokens))
+    )
+
+
+def test_slot_adapter_answers_like_peft_loading_it_and_unlike_the_base(engine, adapters, tmp_path):
+    engine.add_adapter("ns/slot", adapters["doc0"])
+    # The same weights with a (matching nothing) rank_pattern take peft's own load_adapter path.
+    copy = shutil.copytree(adapters["doc0"], tmp_path / "peft-path")
+    config = json.loads((copy / "adapter_config.json").read_text())
+    (copy / "adapter_config.json").write_text(json.dumps({**config, "rank_pattern": {"layers.99.q_proj": 8}}))
+    engine.add_adapter("ns/peft", copy)
+    assert engine._names["ns/slot"].startswith("slot") and not engine._names["ns/peft"].startswith("slot")
+    with_slot, with_peft, base = generate(engine, "ns/slot"), generate(engine, "ns/peft"), generate(engine, None)
+    assert with_slot == with_peft
+    assert with_slot != base
+    engine.remove_adapter("ns/peft")
+    engine.remove_adapter("ns/slot")
+    assert generate(engine, None) == base
+    with pytest.raises(KeyError, match="not attached"):
+        generate(engine, "ns/slot")
+
+
+def test_stream_chunks_add_up_and_the_last_one_counts_tokens(engine):
+    request = GenerationRequest(prompt(engine, QUESTION), None, 5)
+    chunks = list(engine.stream(request))
+    assert len(chunks) >= 2 and all(c.finish_reason is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert (last.finish_reason, last.completion_tokens, last.prompt_tokens) == ("length", 5, len(request.prompt_ids))
+    assert "".join(c.text for c in chunks) == generate(engine, None, 5)
+
+
+@pytest.fixture
+def service(engine, adapters, tmp_path) -> AdapterService:
+    store = Store.from_uri(tmp_path / "store")
+    for doc_id, folder in adapters.items():
+        text = f"{doc_id} begins here. " + "Filler sentence about nothing much. " * 400 + f"{doc_id} ends here."
+        publish_adapter(store, NAMESPACE, doc_id, folder, {"system_prompt": "You are a helpful assistant."}, text)
+    config = ServeConfig(
+        storage=StorageSettings(root=str(tmp_path / "store")),
+        adapter_cache_dir=tmp_path / "cache",
+        max_adapters_per_replica=2,
+        context_tokens=64,
+    )
+    yield AdapterService(config, engine=engine)
+    for key in list(engine._names):
+        engine.remove_adapter(key)
+
+
+def test_memory_tier_keeps_the_most_recent_adapters_and_reloads_from_disk(service):
+    sources = [service.attach(NAMESPACE, doc).source for doc in ("doc0", "doc1", "doc0", "doc2")]
+    assert sources == ["store", "store", "memory", "store"]
+    assert list(service.attached) == ["default/doc0", "default/doc2"]  # doc1 left memory, least recently used
+    assert service.attach(NAMESPACE, "doc1").source == "disk"
+    answer = service.answer(AnswerRequest(NAMESPACE, "doc1", QUESTION, max_new_tokens=12))
+    assert answer.text and answer.completion_tokens > 0
+
+
+def test_an_adapter_evicted_mid_generation_stays_until_that_generation_ends(service):
+    service.attach(NAMESPACE, "doc0")
+    chunks = service.stream(AnswerRequest(NAMESPACE, "doc0", QUESTION, max_new_tokens=6))
+    first = next(chunks)
+    service.detach(NAMESPACE, "doc0")
+    assert "default/doc0" in service.engine._names  # still generating
+    rest = list(chunks)
+    assert first.text and rest[-1].finish_reason is not None
+    assert "default/doc0" not in service.engine._names
+
+
+def test_with_context_puts_head_and_tail_of_the_document_in_the_prompt(service):
+    service.attach(NAMESPACE, "doc3")
+    request = AnswerRequest(NAMESPACE, "doc3", QUESTION, max_new_tokens=4, with_context=True)
+    text = service.tokenizer.decode(service.prompt_ids(request))
+    assert "doc3 begins here" in text and "doc3 ends here" in text and CUT_MARKER.strip() in text
+    assert text.count("Filler sentence") < 20
+    plain = service.prompt_ids(AnswerRequest(NAMESPACE, "doc3", QUESTION))
+    assert len(service.prompt_ids(request)) > len(plain) + 50
+    with pytest.raises(BadRequest, match="needs a document id"):
+        service.prompt_ids(AnswerRequest(NAMESPACE, None, QUESTION, with_context=True))
+
+
+def test_document_published_without_text_cannot_use_context(service, adapters):
+    publish_adapter(service.store, NAMESPACE, "no-text", adapters["doc0"], {})
+    service.attach(NAMESPACE, "no-text")
+    with pytest.raises(BadRequest, match="'no-text' was published without its text"):
+        service.prompt_ids(AnswerRequest(NAMESPACE, "no-text", QUESTION, with_context=True))
+
+
+def test_an_adapter_that_does_not_fit_the_model_fails_alone(service, embedded_model_dir, tmp_path):
+    wrong = write_random_adapter(embedded_model_dir, tmp_path / "wrong", rank=4)
+    config = json.loads((wrong / "adapter_config.json").read_text())
+    (wrong / "adapter_config.json").write_text(json.dumps({**config, "r": 8}))  # says 8, tensors are rank 4
+    publish_adapter(service.store, NAMESPACE, "wrong", wrong, {})
+    with pytest.raises(AdapterUnusable, match="'wrong' cannot be loaded"):
+        service.attach(NAMESPACE, "wrong")
+    service.attach(NAMESPACE, "doc0")
+    assert service.answer(AnswerRequest(NAMESPACE, "doc0", QUESTION, max_new_tokens=4)).completion_tokens == 4
