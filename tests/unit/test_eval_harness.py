@@ -466,3 +466,15 @@ def test_eval_command_parses_and_rejects_bad_methods_and_settings_before_trainin
     assert "unknown method 'rag'" in capsys.readouterr().out
     assert eval_command(eval_parser().parse_args(["--set", "train.epochs=0"])) == 2
     assert "train.epochs" in capsys.readouterr().out
+
+
+def test_the_plan_counts_generator_prompts_per_trained_variant_and_task(embedded_model_dir):
+    from lift_ray.eval.runner import eval_plan
+
+    methods = [get_method(name) for name in ("base", "finetune_raw", "lift", "lift_icl")]
+    plan = eval_plan(methods, LiftConfig(), niah_lengths=[256], niah_depths=[0.5], niah_methods=["lift"])
+    rows = {(row["variant"], row["task"]): row for row in plan}
+    assert set(rows) == {("finetune_raw", "docqa"), ("lift", "docqa"), ("lift", "niah")}  # base trains nothing
+    assert rows[("lift", "docqa")]["documents"] == 5 and rows[("lift", "docqa")]["sentences"] > 5 * 10
+    assert rows[("finetune_raw", "docqa")]["sentences"] == 0  # raw segments: no generator prompts
+    assert rows[("lift", "niah")]["documents"] == 1 and 0 < rows[("lift", "niah")]["tokens"] <= 256
