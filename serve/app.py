@@ -114,21 +114,27 @@ class AdapterModel:
         # Wired at init so the LRU size comes from the config (Serve supports this form).
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=config.max_adapters_per_replica)(attach)
 
-    async def _attach(self, key: str) -> None:
-        if key not in self.service.attached:
-            # Download outside Serve's loader lock (it serialises loads): cold adapters of different documents
-            # come from the store in parallel, and concurrent requests for one share a download.
-            await asyncio.to_thread(self.service.fetcher.fetch, *split_key(key))
+    async def _attach(self, key: str) -> str:
+        """Bring the adapter into memory; which tier it came from ('memory', 'disk' or 'store')."""
+        if key in self.service.attached:
+            await self.get_adapter(key)  # marks it most recently used
+            return "memory"
+        # Download outside Serve's loader lock (it serialises loads): cold adapters of different documents
+        # come from the store in parallel, and concurrent requests for one share a download.
+        fetched = await asyncio.to_thread(self.service.fetcher.fetch, *split_key(key))
         await self.get_adapter(key)
+        return fetched.source
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yield {'status': 200} then chunks, or one {'status': 4xx/5xx, 'error': ...}."""
         request = AnswerRequest(**body)
         key = serve.get_multiplexed_model_id() or None
+        started, source = time.perf_counter(), "base"
         try:
             for attempt in range(_ATTACH_TRIES):
                 if key is not None:
-                    await self._attach(key)
+                    source = await self._attach(key)
+                load_ms = round((time.perf_counter() - started) * 1000, 1)
                 chunks = self.service.stream(request)
                 try:
                     first = await asyncio.to_thread(_next_chunk, chunks)
@@ -145,7 +151,7 @@ class AdapterModel:
         except AdapterUnusable as exc:
             yield {"status": 500, "error": str(exc), "type": "adapter_unusable"}
             return
-        yield {"status": 200}
+        yield {"status": 200, "adapter_source": source, "adapter_load_ms": load_ms}
         chunk = first
         while chunk is not None:
             yield {
@@ -181,6 +187,21 @@ async def _openai_error(request: Request, exc: HTTPException) -> JSONResponse:
 def _sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n".encode()
+
+
+# Helpers live above the ingress: Serve captures the FastAPI app's globals when the class is decorated.
+def _usage(last: dict[str, Any] | None) -> dict[str, int]:
+    prompt, completion = (last["prompt_tokens"], last["completion_tokens"]) if last else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _timestamp(iso: str | None) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
+    except ValueError:
+        return 0
 
 
 @serve.deployment
@@ -271,10 +292,15 @@ class OpenAIIngress:
         if status["status"] != 200:
             raise HTTPException(status["status"], status["error"])
         reply_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        # Where the adapter came from and how long bringing it into memory took (0 for 'memory' hits).
+        headers = {
+            "X-Lift-Adapter-Source": status["adapter_source"],
+            "X-Lift-Adapter-Ms": str(status["adapter_load_ms"]),
+        }
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             events = self._events(replies, reply_id, body.model, kind, usage)
-            return StreamingResponse(events, media_type="text/event-stream")
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         text, last = [], None
         async for chunk in replies:
             text.append(chunk["text"])
@@ -285,7 +311,7 @@ class OpenAIIngress:
             choice["message"] = {"role": "assistant", "content": content}
         else:
             choice["text"] = content
-        return {
+        reply = {
             "id": reply_id,
             "object": "chat.completion" if kind == "chat" else "text_completion",
             "created": int(time.time()),
@@ -293,6 +319,7 @@ class OpenAIIngress:
             "choices": [choice],
             "usage": _usage(last),
         }
+        return JSONResponse(reply, headers=headers)
 
     async def _events(
         self, replies: Any, reply_id: str, model: str, kind: Literal["chat", "text"], include_usage: bool
@@ -321,20 +348,6 @@ class OpenAIIngress:
         if include_usage:
             yield _sse({**envelope, "choices": [], "usage": _usage(last)})
         yield _sse("[DONE]")
-
-
-def _usage(last: dict[str, Any] | None) -> dict[str, int]:
-    prompt, completion = (last["prompt_tokens"], last["completion_tokens"]) if last else (0, 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _timestamp(iso: str | None) -> int:
-    from datetime import datetime
-
-    try:
-        return int(datetime.fromisoformat(iso).timestamp()) if iso else 0
-    except ValueError:
-        return 0
 
 
 # ---------------------------------------------------------------- building the application
