@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
-from lift_ray.corpus import Corpus, CorpusError, read_corpus
-from lift_ray.documents import validate_doc_id
+from lift_ray.corpus import Corpus, CorpusError, fail_long_documents, read_corpus
+from lift_ray.documents import Document, validate_doc_id
 from lift_ray.storage import Store, StoreError, write_json_lines
 
 if TYPE_CHECKING:
@@ -90,6 +90,39 @@ def report_rows(corpus: Corpus, reports: Sequence[DocumentReport]) -> list[dict[
     return rows
 
 
+def report_after_crash(
+    document: Document, config: LiftConfig, store: Store, error: str, started_at: datetime
+) -> DocumentReport:
+    """A document's report when the pipeline broke down: what its manifest says, else failed with `error`.
+
+    Documents finish one by one, so some were published before the breakdown (or in an earlier run); their
+    manifests say so, and a rerun skips them.
+    """
+    from lift_ray.pipeline import DocumentReport
+    from lift_ray.storage import read_manifest
+
+    try:
+        manifest = read_manifest(store, config.storage.namespace, document.doc_id)
+    except StoreError:
+        manifest = None
+    if (
+        not manifest
+        or manifest.get("config_hash") != config.adapter_hash()
+        or manifest.get("doc_sha256") != document.sha256
+    ):
+        return DocumentReport(document.doc_id, status="failed", error=error)
+    published_at = datetime.fromisoformat(manifest["published_at"])
+    status = "published" if published_at >= started_at else "skipped"
+    return DocumentReport(
+        document.doc_id,
+        status=status,
+        qa_count=int(manifest.get("qa_count") or 0),
+        final_loss=manifest.get("final_loss"),
+        adapter_uri=manifest.get("adapter_uri"),
+        adapter_bytes=manifest.get("adapter_bytes"),
+    )
+
+
 def run_summary(
     rows: Sequence[dict[str, Any]],
     *,
@@ -150,25 +183,28 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
     except (ValueError, StoreError) as exc:
         _error(f"cannot use output {config.storage.root!r}: {exc}")
         return 2
+    say = lambda message: print(message, flush=True)  # noqa: E731
     try:
-        corpus = read_corpus(inputs, progress=lambda message: print(message, flush=True))
+        corpus = read_corpus(inputs, progress=say, max_document_bytes=config.corpus.max_document_bytes)
     except CorpusError as exc:
         _error(str(exc))
         return 2
+    for failure in fail_long_documents(corpus, config.corpus.max_sentences, config.sentences.max_sentence_chars):
+        say(f"too long: {failure.source}: {failure.reason}")
     if not corpus.documents and not corpus.failures:
         _error(f"no documents found in {list(inputs)}")
         return 2
 
     reports: list[DocumentReport] = []
     if corpus.documents:
-        from lift_ray.pipeline import DocumentReport, lift_documents
+        from lift_ray.pipeline import lift_documents
 
         try:
             reports = lift_documents(corpus.documents, config)
-        except Exception as exc:  # the run as a whole broke: every document it held fails with the reason
+        except Exception as exc:  # the run as a whole broke: documents without an adapter fail with the reason
             log.exception("the LIFT pipeline failed")
             error = f"pipeline failed: {type(exc).__name__}: {exc}"
-            reports = [DocumentReport(d.doc_id, status="failed", error=error) for d in corpus.documents]
+            reports = [report_after_crash(d, config, store, error, started_at) for d in corpus.documents]
 
     rows = report_rows(corpus, reports)
     for row in rows:

@@ -189,6 +189,23 @@ def _with_preset(data: Any) -> Any:
     return merged
 
 
+class CorpusSettings(_Section):
+    """Limits on single documents of a bulk job: a bad item fails alone, with its reason, before it costs much."""
+
+    max_document_bytes: int = Field(
+        16 << 20,
+        ge=0,
+        description="larger documents fail without being downloaded or read (keeps one huge file from filling "
+        "the driver's memory); 0: no limit",
+    )
+    max_sentences: int = Field(
+        0,
+        ge=0,
+        description="documents with more sentences after splitting fail before any QA is generated (a cost "
+        "guard: every sentence costs generator calls); 0: no limit",
+    )
+
+
 class StorageSettings(_Section):
     """Where adapters, manifests and QA caches go."""
 
@@ -208,6 +225,7 @@ class LiftConfig(_Section):
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
     storage: StorageSettings = StorageSettings()
+    corpus: CorpusSettings = CorpusSettings()
     seed: int = 0
     work_dir: Path = Field(Path("./runs"), description="local scratch: Ray Train storage, logs")
 

@@ -24,7 +24,7 @@ from lift_ray.documents import (
     Document,
     DocumentError,
     doc_id_from_filename,
-    read_document_file,
+    split_sentences,
     validate_doc_id,
 )
 from lift_ray.storage import S3Store, StoreError, clean_key
@@ -163,7 +163,7 @@ def _resolve_s3(uri: str, buckets: BucketStores) -> ResolvedInput:
 
 
 def _document_entry(
-    location: str, buckets: BucketStores, doc_id: str | None = None, source: str | None = None
+    location: str, buckets: BucketStores, limit: int, doc_id: str | None = None, source: str | None = None
 ) -> _Entry:
     """An entry for one local file or S3 object; the id comes from the file name unless given."""
     source = source or location
@@ -173,17 +173,44 @@ def _document_entry(
         except ValueError as exc:
             return _Entry(source, None, error=str(exc))
     if _is_s3(location):
-        return _Entry(source, doc_id, read=lambda: _read_s3_document(location, doc_id, buckets))
-    return _Entry(source, doc_id, read=lambda: read_document_file(location, doc_id))
+        return _Entry(source, doc_id, read=lambda: _read_s3_document(location, doc_id, buckets, limit))
+    return _Entry(source, doc_id, read=lambda: _read_local_document(location, doc_id, limit))
 
 
-def _read_s3_document(uri: str, doc_id: str, buckets: BucketStores) -> Document:
+def _check_size(doc_id: str, size: int, limit: int) -> None:
+    """DocumentError if a document of `size` bytes is over the limit (0: no limit)."""
+    if limit and size > limit:
+        raise DocumentError(
+            f"document {doc_id!r} is {size:,} bytes, more than corpus.max_document_bytes ({limit:,}): "
+            "not read; raise the limit to LIFT it"
+        )
+
+
+def _read_local_document(path: str, doc_id: str, limit: int) -> Document:
+    _check_size(doc_id, Path(path).stat().st_size, limit)
+    return Document.from_bytes(doc_id, Path(path).read_bytes())
+
+
+def _read_s3_document(uri: str, doc_id: str, buckets: BucketStores, limit: int) -> Document:
     store, key = buckets.locate(uri)
-    return Document.from_bytes(doc_id, store.read_bytes(key))
+    if not limit:
+        return Document.from_bytes(doc_id, store.read_bytes(key))
+    # One GET: its Content-Length decides before the body is read, so an oversized object is never downloaded.
+    with store._errors("read", uri):
+        response = store.client.get_object(Bucket=store.bucket, Key=store._key(key))
+    body = response["Body"]
+    try:
+        _check_size(doc_id, int(response["ContentLength"]), limit)
+        with store._errors("read", uri):
+            data = body.read()
+    finally:
+        body.close()
+    return Document.from_bytes(doc_id, data)
 
 
-def _text_document(doc_id: str, text: str) -> Document:
+def _text_document(doc_id: str, text: str, limit: int) -> Document:
     """A document from a manifest's inline text, with the same checks as one read from bytes."""
+    _check_size(doc_id, len(text.encode("utf-8")), limit)
     if not text:
         raise DocumentError(f"document {doc_id!r} is empty (0 bytes)")
     if "\x00" in text:
@@ -238,7 +265,7 @@ def _manifest_target(manifest: str, uri: str) -> str:
     return str(Path(manifest).parent / uri)
 
 
-def _manifest_line_entry(manifest: str, number: int, line: bytes, buckets: BucketStores) -> _Entry | None:
+def _manifest_line_entry(manifest: str, number: int, line: bytes, buckets: BucketStores, limit: int) -> _Entry | None:
     """The entry for one manifest line (None for a blank line)."""
     source = f"{manifest}:{number}"
     try:
@@ -270,19 +297,19 @@ def _manifest_line_entry(manifest: str, number: int, line: bytes, buckets: Bucke
         name = "uri" if has_uri else "text"
         return _Entry(source, doc_id, error=f"manifest line {number}: {name!r} must be a string")
     if has_text:
-        return _Entry(source, doc_id, read=lambda: _text_document(doc_id, value))
+        return _Entry(source, doc_id, read=lambda: _text_document(doc_id, value, limit))
     try:
         target = _manifest_target(manifest, value)
     except ValueError as exc:
         return _Entry(source, doc_id, error=f"manifest line {number}: {exc}")
-    return _document_entry(target, buckets, doc_id=doc_id, source=f"{source} ({target})")
+    return _document_entry(target, buckets, limit, doc_id=doc_id, source=f"{source} ({target})")
 
 
-def _manifest_entries(manifest: str, buckets: BucketStores) -> Iterator[_Entry]:
+def _manifest_entries(manifest: str, buckets: BucketStores, limit: int) -> Iterator[_Entry]:
     number = 0
     try:
         for number, line in enumerate(split_lines(_manifest_chunks(manifest, buckets)), start=1):
-            entry = _manifest_line_entry(manifest, number, line, buckets)
+            entry = _manifest_line_entry(manifest, number, line, buckets, limit)
             if entry is not None:
                 yield entry
     except Exception as exc:  # the manifest went away or the connection dropped: the rest of it fails as one item
@@ -290,12 +317,12 @@ def _manifest_entries(manifest: str, buckets: BucketStores) -> Iterator[_Entry]:
         yield _Entry(f"{manifest}:{number + 1}", None, error=reason)
 
 
-def _entries(resolved: ResolvedInput, buckets: BucketStores) -> Iterator[_Entry]:
+def _entries(resolved: ResolvedInput, buckets: BucketStores, limit: int) -> Iterator[_Entry]:
     for location in resolved.locations:
         if resolved.kind == "manifest":
-            yield from _manifest_entries(location, buckets)
+            yield from _manifest_entries(location, buckets, limit)
         else:
-            yield _document_entry(location, buckets)
+            yield _document_entry(location, buckets, limit)
 
 
 def _reason(exc: Exception, source: str) -> str:
@@ -308,9 +335,15 @@ def _reason(exc: Exception, source: str) -> str:
 
 
 def read_resolved(
-    resolved: Sequence[ResolvedInput], progress: Progress | None = None, buckets: BucketStores | None = None
+    resolved: Sequence[ResolvedInput],
+    progress: Progress | None = None,
+    buckets: BucketStores | None = None,
+    max_document_bytes: int = 0,
 ) -> Corpus:
-    """Read already-resolved inputs (e.g. a listing made earlier); every bad item becomes a ReadFailure."""
+    """Read already-resolved inputs (e.g. a listing made earlier); every bad item becomes a ReadFailure.
+
+    Documents over `max_document_bytes` (0: no limit) fail without being read.
+    """
     buckets = buckets or BucketStores()
     say = progress or (lambda _message: None)
     corpus = Corpus()
@@ -323,7 +356,7 @@ def read_resolved(
     for item in resolved:
         count = f", {len(item.locations)} to read" if item.kind != "manifest" else ""
         say(f"reading {item.input} ({item.kind}{count})")
-        for entry in _entries(item, buckets):
+        for entry in _entries(item, buckets, max_document_bytes):
             if entry.error is not None or entry.read is None or entry.doc_id is None:
                 fail(entry.source, entry.error or "unreadable", entry.doc_id)
                 continue
@@ -345,7 +378,35 @@ def read_resolved(
     return corpus
 
 
-def read_corpus(inputs: Sequence[str | Path], progress: Progress | None = None) -> Corpus:
-    """Resolve then read every input; CorpusError if an input root is unusable, ReadFailures for bad items."""
+def read_corpus(inputs: Sequence[str | Path], progress: Progress | None = None, max_document_bytes: int = 0) -> Corpus:
+    """Resolve then read every input; CorpusError if an input root is unusable, ReadFailures for bad items.
+
+    Documents over `max_document_bytes` (0: no limit) fail without being read.
+    """
     buckets = BucketStores()
-    return read_resolved(resolve_inputs(inputs, buckets), progress, buckets)
+    return read_resolved(resolve_inputs(inputs, buckets), progress, buckets, max_document_bytes)
+
+
+def fail_long_documents(corpus: Corpus, max_sentences: int, max_sentence_chars: int) -> list[ReadFailure]:
+    """Move documents with more than `max_sentences` sentences (as the pipeline splits them) to the failures.
+
+    A cost guard for bulk jobs: every sentence costs generator calls, so a stray log file or a book-sized
+    single line fails here, with its sentence count, before any QA is generated. 0 means no limit.
+    """
+    if not max_sentences:
+        return []
+    failed: list[ReadFailure] = []
+    kept: list[Document] = []
+    for document in corpus.documents:
+        count = len(split_sentences(document.text, max_sentence_chars))
+        if count <= max_sentences:
+            kept.append(document)
+            continue
+        reason = (
+            f"document {document.doc_id!r} has {count:,} sentences after splitting, more than "
+            f"corpus.max_sentences ({max_sentences:,}); raise the limit to LIFT it"
+        )
+        failed.append(ReadFailure(corpus.sources.get(document.doc_id, document.doc_id), reason, document.doc_id))
+    corpus.documents = kept
+    corpus.failures.extend(failed)
+    return failed

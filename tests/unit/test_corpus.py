@@ -14,6 +14,7 @@ from lift_ray.corpus import (
     CorpusError,
     ReadFailure,
     ResolvedInput,
+    fail_long_documents,
     read_corpus,
     read_resolved,
     resolve_inputs,
@@ -344,3 +345,66 @@ def test_a_50mb_document_is_held_about_twice_at_most_while_reading(tmp_path: Pat
     assert len(document.text) == size // 28 * 28
     # the bytes and the decoded text, nothing more: no line lists, no stripped copies
     assert peak < 2.3 * size, f"peak {peak / size:.2f}x the file size"
+
+
+# --- limits: corpus.max_document_bytes and corpus.max_sentences -----------------------------------------------
+
+
+def test_documents_over_the_byte_limit_fail_without_being_read(tmp_path: Path, s3_bucket: str) -> None:
+    limit = 1 << 20
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "small.txt").write_text(GOOD_ONE)
+    with open(folder / "sparse.txt", "wb") as handle:  # 64 GiB that occupy no disk: reading it would not end
+        handle.truncate(64 << 30)
+    bucket = s3_bucket[len("s3://") :]
+    big = b"lorem ipsum dolor sit amet " * ((24 << 20) // 27)  # ~24 MB
+    boto3.client("s3").put_object(Bucket=bucket, Key="big.txt", Body=big)
+    boto3.client("s3").put_object(Bucket=bucket, Key="tiny.txt", Body=GOOD_ONE.encode())
+    manifest = tmp_path / "batch.jsonl"
+    manifest.write_text(json.dumps({"id": "inline-big", "text": "x" * (limit + 1)}) + "\n")
+
+    corpus = read_corpus([folder, f"{s3_bucket}/big.txt", manifest], max_document_bytes=limit)
+
+    assert [d.doc_id for d in corpus.documents] == ["small"]
+    reasons = {f.doc_id: f.reason for f in corpus.failures}
+    assert reasons["sparse"] == (
+        f"document 'sparse' is {64 << 30:,} bytes, more than corpus.max_document_bytes (1,048,576): "
+        "not read; raise the limit to LIFT it"
+    )
+    assert reasons["big"].startswith(f"document 'big' is {len(big):,} bytes, more than")
+    assert reasons["inline-big"].startswith(f"document 'inline-big' is {limit + 1:,} bytes")
+    # The S3 object's body is never downloaded: reading it costs what reading a tiny object costs (the
+    # boto3 client, ~13 MB of Python objects, dominates both).
+    peaks = []
+    for key in ("tiny.txt", "big.txt"):
+        tracemalloc.start()
+        try:
+            read_corpus([f"{s3_bucket}/{key}"], max_document_bytes=limit)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] - peaks[0] < len(big) / 20, f"peaks {peaks}"
+
+
+def test_without_a_byte_limit_every_size_is_read(tmp_path: Path) -> None:
+    (tmp_path / "doc.txt").write_bytes(LONG_LINE)
+    assert [d.doc_id for d in read_corpus([tmp_path], max_document_bytes=0).documents] == ["doc"]
+    assert read_corpus([tmp_path], max_document_bytes=len(LONG_LINE)).documents  # the limit itself is allowed
+
+
+def test_documents_with_more_sentences_than_the_limit_fail_with_their_count(local_corpus: Path) -> None:
+    corpus = read_corpus([local_corpus / "good-one.txt", local_corpus / "long-line.txt"])
+    assert fail_long_documents(corpus, max_sentences=0, max_sentence_chars=1000) == []  # 0: no limit
+
+    [failure] = fail_long_documents(corpus, max_sentences=50, max_sentence_chars=1000)
+
+    # 1 MB of words in pieces of at most 1000 characters: about a thousand "sentences"
+    count = len(split_sentences(LONG_LINE.decode(), 1000))
+    assert 1000 <= count <= 1100
+    assert failure.doc_id == "long-line" and failure.source == str(local_corpus / "long-line.txt")
+    assert failure.reason == (
+        f"document 'long-line' has {count:,} sentences after splitting, more than corpus.max_sentences (50); "
+        "raise the limit to LIFT it"
+    )
+    assert [d.doc_id for d in corpus.documents] == ["good-one"] and corpus.failures[-1] == failure

@@ -25,7 +25,7 @@ from lift_ray.config import LiftConfig
 from lift_ray.corpus import Corpus, ReadFailure
 from lift_ray.documents import Document
 from lift_ray.pipeline import DocumentReport
-from lift_ray.storage import LocalStore, Store, read_json_lines
+from lift_ray.storage import LocalStore, Store, publish_adapter, read_json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -302,3 +302,38 @@ def test_reports_never_collide_with_a_namespace() -> None:
     with pytest.raises(ValueError, match="namespace"):
         LiftConfig.model_validate({"storage": {"namespace": REPORTS_FOLDER}})
     assert REPORTS_FOLDER.startswith("_")
+
+
+def test_after_a_pipeline_crash_documents_with_an_adapter_are_reported_from_their_manifests(
+    corpus_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The run broke after publishing 'one' ('two' was published by an earlier run): only 'three' failed."""
+    (corpus_dirs["good"] / "three.txt").write_text("A third document.")
+    output = str(tmp_path / "store")
+    config = LiftConfig(storage={"root": output})
+    store = Store.from_uri(output)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+
+    def publish(doc_id: str, text: str) -> None:
+        sha = Document.from_text(doc_id, text).sha256
+        manifest = {"config_hash": config.adapter_hash(), "doc_sha256": sha, "qa_count": 4, "final_loss": 0.5}
+        publish_adapter(store, "default", doc_id, adapter, manifest)
+
+    publish("two", "The museum opened in 1904.")  # before this run
+
+    def broken(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
+        publish("one", "Anna lives in Oslo.")
+        raise RuntimeError("the Ray cluster went away")
+
+    monkeypatch.setattr(pipeline, "lift_documents", broken)
+    assert main(["lift", str(corpus_dirs["good"]), "--output", output, "--run-id", "crash"]) == 1
+    rows, summary = _read_run(output, "crash")
+    by_id = {r["doc_id"]: r for r in rows}
+    assert by_id["one"]["status"] == "published" and by_id["one"]["error"] is None
+    assert by_id["one"]["adapter_uri"] == store.child_uri("default/one/adapter") and by_id["one"]["qa_count"] == 4
+    assert by_id["two"]["status"] == "skipped"
+    assert by_id["three"]["status"] == "failed"
+    assert by_id["three"]["error"] == "pipeline failed: RuntimeError: the Ray cluster went away"
+    assert summary["counts"] == {"published": 1, "skipped": 1, "failed": 1}
