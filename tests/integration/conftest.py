@@ -68,5 +68,6 @@ def serve_url(ray_cluster: None, lift_config: LiftConfig, tmp_path_factory: pyte
         adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"),
         num_cpus_per_replica=0.3,
         torch_threads=1,
+        max_adapters_per_replica=4,
     )
     return start_serve(config)

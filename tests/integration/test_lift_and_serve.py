@@ -7,7 +7,7 @@ import pytest
 from lift_ray.client import EndpointError, ask
 from lift_ray.documents import Document
 from lift_ray.pipeline import DocumentReport, train_and_publish
-from lift_ray.storage import Store, read_manifest
+from lift_ray.storage import Store, read_document_text, read_manifest
 
 from .facts import DOCUMENT, HELD_OUT, TRAINING_PAIRS
 
@@ -36,6 +36,9 @@ def test_published_adapter_has_manifest_and_peft_files(published_varrow, s3_stor
     assert any(k.endswith("adapter_config.json") for k in keys)
     assert any(k.endswith("adapter_model.safetensors") for k in keys)
     assert report.adapter_bytes and report.adapter_bytes > 1_000_000
+    # The document's text goes with its adapter, for the endpoint's with_context.
+    assert manifest["document_text"] == "document.txt"
+    assert read_document_text(store, lift_config.storage.namespace, document.doc_id) == DOCUMENT
 
 
 def test_lifted_adapter_answers_held_out_paraphrases_and_base_does_not(published_varrow, serve_url):
