@@ -1,8 +1,10 @@
 """Which documents a namespace has, for `/v1/models` and for 404s, without listing the bucket per request.
 
-The index lists a namespace's keys at most once every `ttl_s` seconds and reads only the manifests of
-documents it has not seen yet. A document id it does not know is looked up directly (one manifest read),
-so an adapter published a moment ago is answerable at once; a miss is remembered for `miss_ttl_s`.
+`documents` lists a namespace's keys at most once every `ttl_s` seconds and reads only the manifests of
+documents it has not seen yet (in parallel). `lookup` never waits for a listing: a document id it does not
+know is read directly (one manifest GET), so an adapter published a moment ago is answerable at once, and a
+miss is remembered for `miss_ttl_s`. A document deleted since it was seen still passes `lookup`; the replica
+then finds no manifest and answers 404 itself.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
 from lift_ray.storage import MANIFEST_NAME, Store, read_manifest
+
+_READERS = 16  # manifests read at once when a listing finds new documents
 
 
 class ManifestIndex:
@@ -40,11 +45,12 @@ class ManifestIndex:
                 for parts in (key.split("/") for key in self.store.list_keys(namespace))
                 if len(parts) == 3 and parts[2] == MANIFEST_NAME
             }
-            documents = {}
-            for doc_id in sorted(doc_ids):
-                manifest = known.get(doc_id) or read_manifest(self.store, namespace, doc_id)
-                if manifest is not None:
-                    documents[doc_id] = manifest
+            new = sorted(doc_ids - set(known))
+            with ThreadPoolExecutor(max_workers=_READERS) as pool:
+                manifests = pool.map(lambda doc_id: read_manifest(self.store, namespace, doc_id), new)
+                fresh = dict(zip(new, manifests, strict=True))
+            documents = {doc_id: known.get(doc_id) or fresh.get(doc_id) for doc_id in sorted(doc_ids)}
+            documents = {doc_id: manifest for doc_id, manifest in documents.items() if manifest is not None}
             self._documents[namespace] = documents
             self._listed_at[namespace] = self.clock()
             self.listings += 1
@@ -63,7 +69,7 @@ class ManifestIndex:
             validate_doc_id(doc_id)
         except InvalidDocumentId:
             return None
-        manifest = self._refresh(namespace).get(doc_id)
+        manifest = self._documents.get(namespace, {}).get(doc_id)
         if manifest is not None:
             return manifest
         missed_at = self._misses.get((namespace, doc_id))
