@@ -359,6 +359,13 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
         "max_ongoing_requests": config.max_ongoing_requests,
     }
+    if config.engine == "vllm" and config.num_gpus_per_replica == 0:
+        # vLLM on CPU reads its variables at import; Ray would also give a fractional-CPU replica one OpenMP thread.
+        from lift_ray.synth.engines import vllm_cpu_environment
+
+        env = {k: v for k, v in vllm_cpu_environment(config.vllm).items() if k != "LD_PRELOAD"}
+        env["OMP_NUM_THREADS"] = str(config.torch_threads)
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling.model_dump()
     else:

@@ -61,6 +61,9 @@ def test_build_app_options_follow_the_config():
     from ray.serve.config import AutoscalingConfig
 
     AutoscalingConfig(**scaled["autoscaling_config"])  # Serve accepts every key
+    cpu_vllm = deployment_options(ServeConfig(engine="vllm", torch_threads=2))
+    env = cpu_vllm["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and env["OMP_NUM_THREADS"] == "2"
 
 
 def test_autoscaling_bounds_are_checked():
