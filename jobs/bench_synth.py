@@ -65,6 +65,8 @@ def run_engine(config: LiftConfig, engine_name: str, batch_size: int, rows: list
         "output_tokens_per_s": round(output_tokens / seconds, 2),
         "malformed_outputs": sum(int(r["malformed"]) for r in results),
         "retried_sentences": sum(1 for r in results if r["retried"]),
+        "ungrounded_pairs": sum(int(r["ungrounded"]) for r in results),
+        "unverified_pairs": sum(int(r["unverified"]) for r in results),
         "sentences_with_pairs": sum(1 for p in pairs if p),
         "grounded_sentence_fraction": round(grounded, 4),
         "device": device_description(),

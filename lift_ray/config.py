@@ -101,6 +101,17 @@ class GeneratorSettings(_Section):
     retry_without_context: bool = Field(
         True, description="retries show the sentence alone (small generators drift to the paragraph otherwise)"
     )
+    answer_aware: Literal["off", "retry", "fill"] = Field(
+        "fill",
+        description="after the greedy attempts, ask for a question per answer span picked from the sentence "
+        "(names, numbers, dates): 'retry' for sentences without a grounded pair, 'fill' also for sentences with "
+        "fewer than m pairs; 'off' keeps the paper's free-form prompt only",
+    )
+    verify_answers: bool = Field(
+        True,
+        description="round-trip check: the generator answers each new question from the text, and a pair is kept "
+        "only when that answer agrees with the pair's answer (catches questions that do not fit their answer)",
+    )
     batch_size: int = Field(16, ge=1, description="sentences per map_batches call")
     num_replicas: int = Field(1, ge=1, description="generator actors")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per generator actor")

@@ -47,6 +47,19 @@ def best_score(prediction: str, golds: list[str]) -> tuple[float, float]:
     return max(exact_match(prediction, g) for g in golds), max(token_f1(prediction, g) for g in golds)
 
 
+def answers_agree(reply: str, answer: str, min_f1: float = 0.5, extra_words: int = 6) -> bool:
+    """Whether a model's `reply` to a question gives the pair's `answer`: token F1 ≥ `min_f1`, or the answer
+    appears whole in a reply at most `extra_words` words longer (a reply that recites the whole sentence
+    contains every answer, so it does not count)."""
+    if token_f1(reply, answer) >= min_f1:
+        return True
+    normalized_reply, normalized_answer = normalize_answer(reply), normalize_answer(answer)
+    if not normalized_answer:
+        return False
+    contained = f" {normalized_answer} " in f" {normalized_reply} "
+    return contained and len(normalized_reply.split()) <= len(normalized_answer.split()) + extra_words
+
+
 def answer_is_grounded(answer: str, sentence: str, min_overlap: float = 0.75) -> bool:
     """Whether an answer comes from the sentence: most of its content words appear in it.
 

@@ -48,6 +48,8 @@ class DocumentReport:
     malformed_outputs: int = 0
     retried_sentences: int = 0
     dropped_pairs: int = 0
+    ungrounded_pairs: int = 0
+    unverified_pairs: int = 0
     final_loss: float | None = None
     adapter_uri: str | None = None
     adapter_bytes: int | None = None
@@ -65,6 +67,8 @@ QA_QUALITY_SETTINGS = {
     "samples_per_retry",
     "retry_temperature",
     "retry_without_context",
+    "answer_aware",
+    "verify_answers",
 }
 
 
@@ -149,8 +153,18 @@ def _count_generation(report: DocumentReport, rows: list[dict[str, Any]]) -> Non
         setattr(report, name, value)
 
 
-def _apply_result(report: DocumentReport, result: dict[str, Any] | None, run_started: float, error: str | None) -> None:
-    """Fill a document's report from what rank 0 recorded for it (None: the training run never finished it)."""
+def _apply_result(
+    report: DocumentReport,
+    result: dict[str, Any] | None,
+    run_started: float,
+    error: str | None,
+    accepted_at: float | None = None,
+) -> None:
+    """Fill a document's report from what rank 0 recorded for it (None: the training run never finished it).
+
+    `run_started` is when the training run began, `accepted_at` when the LIFT call took the document in
+    (default: `run_started`); `ttft_s` counts from `accepted_at`, so it includes generation that ran first.
+    """
     if result is None:
         report.status, report.error = "failed", f"training run failed: {error or 'no result recorded'}"
         return
@@ -164,7 +178,7 @@ def _apply_result(report: DocumentReport, result: dict[str, Any] | None, run_sta
         if name in timings:
             report.timings[name] = round(timings[name], 2)
     report.timings["model_load_s"] = round(result.get("load_s", 0.0), 2)
-    report.timings["ttft_s"] = round(result["recorded_at"] - run_started, 2)
+    report.timings["ttft_s"] = round(result["recorded_at"] - (accepted_at or run_started), 2)
     losses = result["history"]["epoch_losses"]
     report.final_loss = losses[-1] if losses else None
     report.status, report.error = result["status"], result["error"]
@@ -227,6 +241,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     """
     from lift_ray.train.trainer import train_documents_on_ray
 
+    accepted_at = time.time()
     ensure_ray()
     store = Store.from_uri(config.storage.root)
     namespace, config_hash = config.storage.namespace, config.adapter_hash()
@@ -297,7 +312,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     results, error = train_documents_on_ray(config, jobs, stream)
     for job in jobs:
         report = reports[job.doc_id]
-        _apply_result(report, results.get(job.doc_id), run_started, error)
+        _apply_result(report, results.get(job.doc_id), run_started, error, accepted_at)
         if report.status == "published":
             log.info(
                 "%s: published %s (%d QA pairs, loss %.3f, %s)",

@@ -11,10 +11,17 @@ from typing import Any
 import numpy as np
 
 from lift_ray.config import GeneratorSettings, LiftConfig
-from lift_ray.metrics import answer_is_grounded, snap_to_source
+from lift_ray.metrics import answer_is_grounded, answers_agree, normalize_answer, snap_to_source
 from lift_ray.synth.engines import ChatEngine, Generation, SamplingSettings, make_engine
 from lift_ray.synth.parsing import parse_qa_output, validate_pairs
-from lift_ray.synth.prompts import build_messages, load_instruction, qa_list_schema
+from lift_ray.synth.prompts import (
+    build_answer_aware_messages,
+    build_messages,
+    build_verify_messages,
+    load_instruction,
+    qa_list_schema,
+)
+from lift_ray.synth.spans import candidate_answers
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +29,21 @@ log = logging.getLogger(__name__)
 class QAGenerator:
     """Writes up to m QA pairs per sentence; bad answers are retried, then counted and skipped, never fatal.
 
-    Attempt 0 follows the paper: the sentence with its preceding paragraph, decoded with
-    `settings.temperature`. A sentence is retried while it has no usable pair (none parsed, or, with
-    `require_grounded`, none whose answer comes from the sentence itself): attempt 1 shows the sentence
-    alone (with `retry_without_context`), later attempts sample at `retry_temperature` with new seeds.
-    Pairs from all attempts are merged (duplicates dropped) up to m. With `require_grounded`, a pair whose
-    answer is not in the sentence or its paragraph is dropped as a hallucination and counted, and an
-    answer that nearly copies a span of the sentence ("Tessar Dusk") is replaced by that span.
+    Attempts run in stages (`stages()`), each over the sentences that still need pairs:
+
+    - `context`: the paper's prompt, the sentence with its preceding paragraph, decoded with
+      `settings.temperature`;
+    - `alone` (with `retry_without_context`): the same prompt showing the sentence alone, greedy;
+    - `aware` (unless `answer_aware` is off): one question per answer span picked from the sentence
+      (`spans.candidate_answers`: names, numbers, dates), greedy; the span is the answer;
+    - `sampled`: the free-form prompt again at `retry_temperature`, `samples_per_retry` candidates each.
+
+    A sentence needs another stage while it has no pair whose answer comes from the sentence itself (or,
+    without `require_grounded`, no pair at all); with `answer_aware="fill"` the `aware` stage also serves
+    sentences with fewer than m pairs, so more of each sentence's facts get a question. Pairs from all
+    stages are merged (duplicates dropped) up to m. With `require_grounded`, a pair whose answer is not in
+    the sentence or its paragraph is dropped as a hallucination and counted, and an answer that nearly
+    copies a span of the sentence ("Tessar Dusk") is replaced by that span.
     """
 
     def __init__(self, engine: ChatEngine, settings: GeneratorSettings, seed: int = 0) -> None:
@@ -37,18 +52,28 @@ class QAGenerator:
         self.seed = seed
         self.instruction = load_instruction(settings.template_file)
 
-    def _sampling(self, attempt: int) -> SamplingSettings:
+    def stages(self) -> list[str]:
+        """The stage of each attempt, `max_retries + 1` of them."""
+        stages = ["context"]
+        if self.settings.retry_without_context:
+            stages.append("alone")
+        if self.settings.answer_aware != "off":
+            stages.append("aware")
+        stages += ["sampled"] * self.settings.max_retries
+        return stages[: self.settings.max_retries + 1]
+
+    def _sampling(self, stage: str, attempt: int) -> SamplingSettings:
         settings = self.settings
-        greedy_attempts = 2 if settings.retry_without_context else 1
+        schema = settings.qa_per_sentence if stage != "aware" else 1
         return SamplingSettings(
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature if attempt < greedy_attempts else settings.retry_temperature,
+            max_new_tokens=settings.max_new_tokens if stage != "aware" else min(settings.max_new_tokens, 96),
+            temperature=settings.retry_temperature if stage == "sampled" else settings.temperature,
             seed=self.seed + attempt,
-            json_schema=qa_list_schema(settings.qa_per_sentence) if settings.vllm.guided_json else None,
+            json_schema=qa_list_schema(schema) if settings.vllm.guided_json else None,
         )
 
-    def _conversation(self, row: dict[str, Any], attempt: int) -> list[dict[str, str]]:
-        context = "" if attempt > 0 and self.settings.retry_without_context else row["context"]
+    def _conversation(self, row: dict[str, Any], stage: str) -> list[dict[str, str]]:
+        context = row["context"] if stage == "context" or not self.settings.retry_without_context else ""
         return build_messages(
             context, row["sentence"], self.settings.qa_per_sentence, self.settings.preset, self.instruction
         )
@@ -58,15 +83,12 @@ class QAGenerator:
             return bool(pairs)
         return any(answer_is_grounded(answer, row["sentence"]) for _, answer in pairs)
 
-    def _take(
-        self, result: dict[str, Any], row: dict[str, Any], generation: Generation, current: list[tuple[str, str]]
-    ) -> list[tuple[str, str]]:
-        """Parse one reply, filter it, and merge its pairs into the sentence's `current` pairs (at most m)."""
-        m = self.settings.qa_per_sentence
+    def _filter(self, result: dict[str, Any], row: dict[str, Any], generation: Generation) -> list[tuple[str, str]]:
+        """Parse one free-form reply into pairs that pass validation and, if required, grounding."""
         result["output_tokens"] += generation.output_tokens
         if generation.error is not None:
             log.warning("generation failed for sentence %s: %s", row.get("sentence_index"), generation.error)
-        parsed = parse_qa_output(generation.text, m, self.settings.max_answer_chars)
+        parsed = parse_qa_output(generation.text, self.settings.qa_per_sentence, self.settings.max_answer_chars)
         result["dropped"] += parsed.dropped
         kept = parsed.pairs
         if self.settings.require_grounded:
@@ -78,18 +100,76 @@ class QAGenerator:
             result["dropped"] += len(parsed.pairs) - len(kept)
         if not kept:
             result["malformed"] += int(parsed.malformed)
+        return kept
+
+    def _aware_pair(
+        self, result: dict[str, Any], row: dict[str, Any], answer: str, generation: Generation
+    ) -> list[tuple[str, str]]:
+        """The question written for the span `answer`, paired with that span; [] if it is unusable."""
+        result["output_tokens"] += generation.output_tokens
+        parsed = parse_qa_output(generation.text, 1, self.settings.max_answer_chars)
+        if not parsed.pairs:
+            result["malformed"] += 1
+            return []
+        question = parsed.pairs[0][0]
+        if normalize_answer(answer) in normalize_answer(question):  # the question gives its answer away
+            result["dropped"] += 1
+            return []
+        return [(question, answer)]
+
+    def _merge(
+        self, result: dict[str, Any], row: dict[str, Any], current: list[tuple[str, str]], new: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
         # Pairs whose answer comes from the sentence itself go first, so they survive the cut to m.
-        candidates = current + sorted(kept, key=lambda p: not answer_is_grounded(p[1], row["sentence"]))
+        m = self.settings.qa_per_sentence
+        candidates = current + sorted(new, key=lambda p: not answer_is_grounded(p[1], row["sentence"]))
         merged, duplicates = validate_pairs(candidates, self.settings.max_answer_chars)
         result["dropped"] += duplicates + max(0, len(merged) - m)
         return merged[:m]
+
+    def _verify(
+        self,
+        candidates: list[tuple[int, list[tuple[str, str]]]],
+        rows: list[dict[str, Any]],
+        results: list[dict[str, Any]],
+        attempt: int,
+    ) -> list[list[tuple[str, str]]]:
+        """Keep the pairs whose question the generator, asked again with the text, answers with their answer."""
+        flat = [(position, index, pair) for position, (index, new) in enumerate(candidates) for pair in new]
+        kept: list[list[tuple[str, str]]] = [[] for _ in candidates]
+        if not flat:
+            return kept
+        conversations = [
+            build_verify_messages(rows[index]["context"], rows[index]["sentence"], question)
+            for _, index, (question, _) in flat
+        ]
+        replies = self.engine.generate(conversations, SamplingSettings(max_new_tokens=32, seed=self.seed + attempt))
+        for (position, index, pair), reply in zip(flat, replies, strict=True):
+            results[index]["output_tokens"] += reply.output_tokens
+            if answers_agree(reply.text, pair[1]):
+                kept[position].append(pair)
+            else:
+                results[index]["unverified"] += 1
+                results[index]["dropped"] += 1
+        return kept
+
+    def _open_spans(self, row: dict[str, Any], pairs: list[tuple[str, str]]) -> list[str]:
+        """Answer spans of the sentence that no pair answers yet, as many as pairs are still missing."""
+        answered = [normalize_answer(a) for _, a in pairs]
+        spans = [
+            span
+            for span in candidate_answers(row["sentence"])
+            if not any(normalize_answer(span) in a or a in normalize_answer(span) for a in answered if a)
+        ]
+        return spans[: self.settings.qa_per_sentence - len(pairs)]
 
     def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """For each sentence row, the same row plus `qa_json` and counters.
 
         Counters: `malformed` (outputs with no usable pair), `retried`, `attempts`, `dropped` (invalid,
         duplicate, surplus or ungrounded pairs), `ungrounded` (the last kind alone), `repaired` (answers
-        snapped to the sentence's spelling), `output_tokens`.
+        snapped to the sentence's spelling), `unverified` (pairs that failed the round-trip check, also in
+        `dropped`), `output_tokens`.
         """
         results: list[dict[str, Any]] = [
             {
@@ -100,29 +180,46 @@ class QAGenerator:
                 "dropped": 0,
                 "ungrounded": 0,
                 "repaired": 0,
+                "unverified": 0,
                 "output_tokens": 0,
             }
             for row in rows
         ]
         pairs: list[list[tuple[str, str]]] = [[] for _ in rows]
-        pending = list(range(len(rows)))
-        for attempt in range(self.settings.max_retries + 1):
-            if not pending:
-                break
-            sampling = self._sampling(attempt)
-            copies = self.settings.samples_per_retry if sampling.temperature > 0 and attempt > 0 else 1
-            conversations = [self._conversation(rows[i], attempt) for i in pending for _ in range(copies)]
-            generations = self.engine.generate(conversations, sampling)
-            still_pending = []
-            for position, index in enumerate(pending):
+        m = self.settings.qa_per_sentence
+        for attempt, stage in enumerate(self.stages()):
+            pending = [i for i in range(len(rows)) if attempt == 0 or not self._done(rows[i], pairs[i])]
+            if stage == "aware" and self.settings.answer_aware == "fill":
+                pending = [i for i in range(len(rows)) if i in pending or len(pairs[i]) < m]
+            # (row index, conversation, answer span for the aware stage)
+            requests: list[tuple[int, list[dict[str, str]], str | None]] = []
+            for index in pending:
+                row = rows[index]
+                if stage == "aware":
+                    for span in self._open_spans(row, pairs[index]):
+                        requests.append(
+                            (index, build_answer_aware_messages(row["context"], row["sentence"], span), span)
+                        )
+                else:
+                    copies = self.settings.samples_per_retry if stage == "sampled" else 1
+                    requests += [(index, self._conversation(row, stage), None)] * copies
+            if not requests:
+                continue
+            generations = self.engine.generate([c for _, c, _ in requests], self._sampling(stage, attempt))
+            candidates: list[tuple[int, list[tuple[str, str]]]] = []
+            for (index, _, span), generation in zip(requests, generations, strict=True):
                 result, row = results[index], rows[index]
                 result["attempts"] = attempt + 1
-                result["retried"] = attempt > 0
-                for generation in generations[position * copies : (position + 1) * copies]:
-                    pairs[index] = self._take(result, row, generation, pairs[index])
-                if not self._done(row, pairs[index]):
-                    still_pending.append(index)
-            pending = still_pending
+                result["retried"] = result["retried"] or (attempt > 0 and not self._done(row, pairs[index]))
+                if span is None:
+                    candidates.append((index, self._filter(result, row, generation)))
+                else:
+                    candidates.append((index, self._aware_pair(result, row, span, generation)))
+            if self.settings.verify_answers:
+                verified = self._verify(candidates, rows, results, attempt)
+                candidates = [(index, kept) for (index, _), kept in zip(candidates, verified, strict=True)]
+            for index, new in candidates:
+                pairs[index] = self._merge(results[index], rows[index], pairs[index], new)
         for result, found in zip(results, pairs, strict=True):
             result["qa_json"] = json.dumps([{"question": q, "answer": a} for q, a in found], ensure_ascii=False)
         return results

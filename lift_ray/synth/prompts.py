@@ -114,6 +114,55 @@ def build_messages(
     return messages
 
 
+ANSWER_AWARE_INSTRUCTION = (
+    "You write quiz questions about a text. You are given a sentence and an answer taken from it. Write one "
+    "question about the sentence whose answer is exactly that answer. Name people, places and things "
+    "explicitly instead of using pronouns, so the question makes sense on its own, and do not put the answer "
+    "in the question.\n"
+    'Reply with JSON only, in the form {"qa_list": [{"question": "...", "answer": "..."}]}.'
+)
+
+ANSWER_AWARE_TEMPLATE = "Paragraph:\n{paragraph}\n\nSentence:\n{sentence}\n\nAnswer:\n{answer}"
+
+
+def build_answer_aware_messages(context: str, sentence: str, answer: str) -> list[dict[str, str]]:
+    """The chat messages asking for one question about `sentence` whose answer is the span `answer`.
+
+    Few-shot examples come from the squad preset's pairs; `context` is the sentence's preceding paragraph,
+    shown so that a question about "it" can name what "it" is.
+    """
+    messages = [{"role": "system", "content": ANSWER_AWARE_INSTRUCTION}]
+    for example in SQUAD_EXAMPLES:
+        for question, example_answer in example.pairs[:2]:
+            paragraph = f"{example.paragraph} {example.sentence}"
+            content = ANSWER_AWARE_TEMPLATE.format(
+                paragraph=paragraph, sentence=example.sentence, answer=example_answer
+            )
+            messages.append({"role": "user", "content": content})
+            messages.append({"role": "assistant", "content": _qa_json([(question, example_answer)])})
+    paragraph = f"{context} {sentence}".strip()
+    messages.append(
+        {"role": "user", "content": ANSWER_AWARE_TEMPLATE.format(paragraph=paragraph, sentence=sentence, answer=answer)}
+    )
+    return messages
+
+
+VERIFY_INSTRUCTION = (
+    "Answer the question about the text with a short answer copied from the text: a name, a number, a date "
+    "or a few words. Reply with the answer only."
+)
+
+
+def build_verify_messages(context: str, sentence: str, question: str, context_chars: int = 600) -> list[dict[str, str]]:
+    """The chat messages asking the generator to answer its own `question` from the sentence and the end
+    of its paragraph (a round-trip check of a generated pair)."""
+    paragraph = f"{context[-context_chars:]} {sentence}".strip()
+    return [
+        {"role": "system", "content": VERIFY_INSTRUCTION},
+        {"role": "user", "content": f"Text:\n{paragraph}\n\nQuestion:\n{question}"},
+    ]
+
+
 def load_instruction(template_file: Path | None) -> str:
     """The system instruction: the built-in one, or a user's template file (UTF-8 text, not empty)."""
     if template_file is None:

@@ -97,4 +97,6 @@ def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         "malformed_outputs": sum(int(r.get("malformed", 0)) for r in rows),
         "retried_sentences": sum(1 for r in rows if r.get("retried")),
         "dropped_pairs": sum(int(r.get("dropped", 0)) for r in rows),
+        "ungrounded_pairs": sum(int(r.get("ungrounded", 0)) for r in rows),
+        "unverified_pairs": sum(int(r.get("unverified", 0)) for r in rows),
     }

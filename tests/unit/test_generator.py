@@ -13,6 +13,7 @@ from collections.abc import Callable
 from lift_ray.config import GeneratorSettings
 from lift_ray.synth.engines import Conversation, Generation, SamplingSettings
 from lift_ray.synth.generator import QAGenerator
+from lift_ray.synth.prompts import VERIFY_INSTRUCTION
 
 ROW = {
     "sentence_index": 0,
@@ -41,7 +42,10 @@ def qa(*pairs: tuple[str, str]) -> str:
 
 
 def run(script: Callable[[int, Conversation], str], **settings: object) -> tuple[dict, ScriptedEngine]:
+    """One generator over ROW; the answer-aware stage and the round-trip check are off unless a test turns
+    them on."""
     engine = ScriptedEngine(script)
+    settings = {"answer_aware": "off", "verify_answers": False, **settings}
     generator = QAGenerator(engine, GeneratorSettings(qa_per_sentence=3, **settings))  # type: ignore[arg-type]
     [result] = generator.generate([dict(ROW)])
     return result, engine
@@ -116,3 +120,59 @@ def test_sampled_retries_draw_several_candidates_and_keep_the_grounded_one():
 def test_misspelt_copies_are_repaired_to_the_sentence_spelling():
     result, _ = run(lambda k, c: qa(("Who founded it?", "Ilsa Varnhold")))
     assert pairs_of(result) == [("Who founded it?", "Ilsa Varnholt")] and result["repaired"] == 1
+
+
+def aware_answer(conversation: Conversation) -> str:
+    """The span an answer-aware request asks a question for (its last user turn ends with it)."""
+    return conversation[-1]["content"].rsplit("Answer:\n", 1)[1]
+
+
+def test_answer_aware_stage_asks_one_question_per_span_and_keeps_the_span_as_answer():
+    def script(attempt: int, conversation: Conversation) -> str:
+        if attempt < 2:
+            return "no idea"
+        span = aware_answer(conversation)
+        if span == "1887":
+            return qa(("In which year was the Orvella Glass Works founded?", "the year 1887"))
+        return qa((f"Who is {span}?", span))  # gives its answer away: dropped
+
+    result, engine = run(script, answer_aware="retry")
+    assert [len(conversations) for conversations, _ in engine.calls][:3] == [1, 1, 2]
+    asked = sorted(aware_answer(c) for c in engine.calls[2][0])
+    assert asked == ["1887", "Ilsa Varnholt"]
+    assert pairs_of(result) == [("In which year was the Orvella Glass Works founded?", "1887")]
+    assert result["attempts"] == 3 and result["dropped"] >= 1
+    # The sentence has a grounded pair now: no sampled stage after the aware one.
+    assert len(engine.calls) == 3
+
+
+def test_fill_asks_about_spans_no_pair_answers_yet_and_retry_does_not():
+    def script(attempt: int, conversation: Conversation) -> str:
+        if attempt == 0:
+            return qa(("Who founded the Orvella Glass Works?", "Ilsa Varnholt"))
+        return qa(("When was the Orvella Glass Works founded?", aware_answer(conversation)))
+
+    filled, engine = run(script, answer_aware="fill")
+    assert [aware_answer(c) for c in engine.calls[1][0]] == ["1887"]  # "alone" is skipped: already grounded
+    assert pairs_of(filled) == [
+        ("Who founded the Orvella Glass Works?", "Ilsa Varnholt"),
+        ("When was the Orvella Glass Works founded?", "1887"),
+    ]
+    retried, engine = run(script, answer_aware="retry")
+    assert len(engine.calls) == 1 and len(pairs_of(retried)) == 1
+
+
+def test_round_trip_check_keeps_only_pairs_whose_question_leads_back_to_their_answer():
+    def script(attempt: int, conversation: Conversation) -> str:
+        if conversation[0]["content"] == VERIFY_INSTRUCTION:
+            question = conversation[-1]["content"].rsplit("Question:\n", 1)[1]
+            return "Ilsa Varnholt" if question.startswith("Who") else f"{ROW['context']} {ROW['sentence']}"
+        # The second question does not fit its answer; the third one does, but the reply recites the sentence.
+        return qa(("Who founded it?", "Ilsa Varnholt"), ("Who was the chemist?", "1887"), ("When?", "in 1887"))
+
+    result, engine = run(script, verify_answers=True, max_retries=0)
+    assert pairs_of(result) == [("Who founded it?", "Ilsa Varnholt")]
+    assert result["unverified"] == 2 and result["dropped"] >= 2
+    verify_calls = [c for c, _ in engine.calls if c[0][0]["content"] == VERIFY_INSTRUCTION]
+    assert len(verify_calls) == 1 and len(verify_calls[0]) == 3
+    assert "Tessaro" in verify_calls[0][0][-1]["content"]  # the paragraph is shown to the verifier
