@@ -127,6 +127,7 @@ def run_eval(
     lift_fn: LiftFn | None = None,
     chat_model_factory: ChatModelFactory | None = None,
     on_method: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+    answer_threads: int = 2,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
 
@@ -156,7 +157,8 @@ def run_eval(
         config = method_config(method, config_path, overrides)
         reset_peak_gpu_memory()
         with MemoryPeak() as memory:
-            chat_model = chat_model_factory(ServeConfig(model=config.model, storage=config.storage))
+            serve_config = ServeConfig(model=config.model, storage=config.storage, torch_threads=answer_threads)
+            chat_model = chat_model_factory(serve_config)
             tokenizer = getattr(chat_model, "tokenizer", None)
             run_niah = bool(niah_lengths) and method.name in niah_names
             if run_niah and not niah_docs:
@@ -331,6 +333,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra settings for LIFTing haystacks (the paper trains NIAH longer), e.g. --niah-set train.epochs=8",
     )
     parser.add_argument("--no-general", action="store_true", help="skip the general-knowledge side-effect check")
+    parser.add_argument(
+        "--answer-threads",
+        type=int,
+        default=2,
+        help="torch threads of the answering model (1 copes far better with a busy shared machine)",
+    )
     parser.add_argument("--plan-only", action="store_true", help="print what would be trained, then stop")
     parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
 
@@ -378,6 +386,7 @@ def eval_command(args: argparse.Namespace) -> int:
         niah_methods=args.niah_methods,
         niah_overrides=args.niah_overrides,
         general=not args.no_general,
+        answer_threads=args.answer_threads,
         on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{args.name}_partial"),
     )
     from lift_ray.bench import write_results
