@@ -353,6 +353,7 @@ class VLLMLoRAEngine:
         from lift_ray.synth.engines import _cuda_available
 
         settings = self.config.vllm
+        self._on_gpu = _cuda_available()
         llm = LLM(
             model=str(self.model_dir),
             dtype=settings.dtype,
@@ -363,11 +364,34 @@ class VLLMLoRAEngine:
             enforce_eager=not _cuda_available(),
             enable_lora=True,
             max_lora_rank=self.config.max_lora_rank,
-            max_loras=self.config.max_loras,
-            max_cpu_loras=max(self.config.max_loras, self.config.max_adapters_per_replica),
+            max_loras=self.config.max_loras + (0 if _cuda_available() else 1),  # + the zero adapter on CPU
+            max_cpu_loras=max(self.config.max_loras, self.config.max_adapters_per_replica) + 1,
             max_num_seqs=self.config.max_num_seqs,
         )
         return llm.llm_engine
+
+    def _zero_lora(self, engine: Any) -> Any:
+        """A pinned all-zero adapter that base-model requests carry on CPU.
+
+        vLLM's CPU LoRA ops (torch fallbacks of the punica kernels) index the stacked adapter weights with
+        each token's adapter slot, and a token without an adapter has slot -1, which Python indexing turns
+        into the *last* slot: in a batch that mixes base and adapter requests the base rows got another
+        document's adapter (measured: different greedy answers than alone). GPU kernels skip -1.
+        """
+        import tempfile
+
+        from vllm.lora.request import LoRARequest
+
+        from lift_ray.serving.random_adapters import write_random_adapter
+
+        folder = write_random_adapter(
+            self.model_dir, Path(tempfile.mkdtemp(prefix="lift-zero-lora-")), rank=1, strength=0
+        )
+        lora = LoRARequest(lora_name="lift-ray-base", lora_int_id=self._next_lora_id, lora_path=str(folder))
+        self._next_lora_id += 1
+        engine.add_lora(lora)
+        engine.pin_lora(lora.lora_int_id)
+        return lora
 
     def _run(self) -> None:
         try:
@@ -378,6 +402,14 @@ class VLLMLoRAEngine:
             return
         eos = self.tokenizer.eos_token_id
         self._end_ids = {eos} if eos is not None else set()
+        self._base_lora = None
+        try:
+            if not self._on_gpu:
+                self._base_lora = self._zero_lora(engine)
+        except BaseException as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
         self._ready.set()
         while not self._closed:
             busy = engine.has_unfinished_requests()
@@ -421,7 +453,7 @@ class VLLMLoRAEngine:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        lora = None
+        lora = self._base_lora
         if request.adapter is not None:
             lora = self._loras.get(request.adapter)
             if lora is None:
