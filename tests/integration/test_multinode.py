@@ -265,11 +265,16 @@ def job_client(cluster: LocalCluster) -> Any:
     """A JobSubmissionClient for the cluster's job server."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(cluster.dashboard_url)
+    client = JobSubmissionClient(cluster.dashboard_url)
+    client.cluster = cluster  # the jobs' environment names the cluster's address
+    return client
 
 
-def _job_env(s3_server: str) -> dict[str, str]:
+def _job_env(s3_server: str, cluster: LocalCluster) -> dict[str, str]:
     return {
+        # Ray Train's placement-group cleaner looks the cluster up by address; with no address it finds every
+        # Ray instance on this machine (the session's local Ray among them) and refuses to pick one.
+        "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -369,7 +374,7 @@ def _submit(client: Any, corpus: Corpus, run_id: str, s3_server: str) -> str:
     return client.submit_job(
         entrypoint=corpus.entrypoint(run_id),
         submission_id=f"{run_id}-{uuid.uuid4().hex[:6]}",
-        runtime_env={"working_dir": str(REPO), "env_vars": _job_env(s3_server)},
+        runtime_env={"working_dir": str(REPO), "env_vars": _job_env(s3_server, client.cluster)},
     )
 
 
