@@ -398,7 +398,11 @@ def plot_niah_grids(grids: Mapping[str, Mapping[tuple[int, float], float]], out_
     columns = max(len({length for length, _ in grid}) for grid in grids.values())
     rows = max(len({depth for _, depth in grid}) for grid in grids.values())
     fig, axes = plt.subplots(
-        1, len(grids), figsize=(len(grids) * (1.2 * columns + 2.0) + 1.0, 0.6 * rows + 1.8), squeeze=False
+        1,
+        len(grids),
+        figsize=(len(grids) * (1.2 * columns + 2.0) + 1.0, 0.6 * rows + 1.8),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.6},
     )
     for axis, (title, grid) in zip(axes[0], grids.items(), strict=True):
         image = _draw_heatmap(axis, grid, title)

@@ -1,7 +1,7 @@
 """The evaluation run: train each method's adapters, answer the questions, score, write docs/results/eval.json.
 
 `run_eval` takes the LIFT step and the chat model as arguments (defaults: `lift_ray.pipeline.lift_documents`
-and `lift_ray.serving.AdapterChatModel`), so its bookkeeping is tested without Ray or a model.
+and `lift_ray.eval.answerer.EvalChatModel`), so its bookkeeping is tested without Ray or a model.
 `add_eval_arguments` / `eval_command` are the `lift-ray eval` subcommand.
 """
 
