@@ -99,9 +99,7 @@ def test_concurrent_cold_fetches_of_one_adapter_download_it_once(s3_bucket: str,
     assert again.source == "disk" and CountingS3Store.downloads == 2
 
 
-def test_disk_tier_evicts_least_recently_used_adapters_beyond_its_size(
-    s3_bucket: str, model_dir: Path, tmp_path: Path
-):
+def test_disk_tier_evicts_least_recently_used_adapters_beyond_its_size(s3_bucket: str, model_dir: Path, tmp_path: Path):
     store = Store.from_uri(f"{s3_bucket}/lift")
     for doc in ("a", "b", "c"):
         publish_random(store, model_dir, tmp_path, doc)
