@@ -102,13 +102,13 @@ class GeneratorSettings(_Section):
         True, description="retries show the sentence alone (small generators drift to the paragraph otherwise)"
     )
     answer_aware: Literal["off", "retry", "fill"] = Field(
-        "fill",
+        "off",
         description="after the greedy attempts, ask for a question per answer span picked from the sentence "
         "(names, numbers, dates): 'retry' for sentences without a grounded pair, 'fill' also for sentences with "
         "fewer than m pairs; 'off' keeps the paper's free-form prompt only",
     )
     verify_answers: bool = Field(
-        True,
+        False,
         description="round-trip check: the generator answers each new question from the text, and a pair is kept "
         "only when that answer agrees with the pair's answer (catches questions that do not fit their answer)",
     )
