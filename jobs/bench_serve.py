@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -38,6 +36,8 @@ import numpy as np
 
 from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
 from lift_ray.config import ALL_LINEAR, ServeConfig, load_config
+from lift_ray.local_s3 import AWS_VARIABLES_TO_CLEAR, free_port, s3_environment
+from lift_ray.local_s3 import start_s3_server as start_local_s3
 from lift_ray.models import ensure_embedded_model
 from lift_ray.serving.random_adapters import write_random_adapter
 from lift_ray.storage import Store, publish_adapter
@@ -46,34 +46,12 @@ NAMESPACE = "bench"
 QUESTIONS = ["Name three colours.", "What is the capital of France?", "Who wrote the report?", "When did it open?"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_s3_server() -> tuple[subprocess.Popen, str]:
     """moto's S3 server on 127.0.0.1, and boto3 pointed at it through the environment (Ray inherits it)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+    process, endpoint = start_local_s3()
+    for name in AWS_VARIABLES_TO_CLEAR:
         os.environ.pop(name, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=endpoint,
-    )
+    os.environ.update(s3_environment(endpoint, key="bench"))
     return process, endpoint
 
 

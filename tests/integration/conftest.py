@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.local_s3 import free_port
 
 # Fractional CPUs so training workers, a generator actor (both at once when training streams from the
 # generator) and a Serve replica fit on 2 cores: 2 x 0.4 + 0.4 + 0.25 (sentence split) + 0.3 + 0.1 (ingress).
@@ -50,12 +50,6 @@ def lift_config(s3_store_root: str, tmp_path_factory: pytest.TempPathFactory) ->
     return load_config(LiftConfig, None, [*TEST_OVERRIDES, f"storage.root={s3_store_root}", f"work_dir={work_dir}"])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def serve_url(ray_cluster: None, lift_config: LiftConfig, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The lift-ray Serve app answering HTTP on 127.0.0.1, reading adapters from the test bucket."""
@@ -64,7 +58,7 @@ def serve_url(ray_cluster: None, lift_config: LiftConfig, tmp_path_factory: pyte
     config = ServeConfig(
         model=lift_config.model,
         storage=lift_config.storage,
-        port=_free_port(),
+        port=free_port(),
         adapter_cache_dir=tmp_path_factory.mktemp("adapter-cache"),
         num_cpus_per_replica=0.3,
         torch_threads=1,

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from lift_ray.config import LiftConfig, load_config
+from lift_ray.local_s3 import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -75,12 +75,6 @@ JOB_CONFIG: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _node_ports() -> list[str]:
     """Free ports for everything a node listens on, so that it cannot meet another Ray instance's defaults."""
     names = [
@@ -91,7 +85,7 @@ def _node_ports() -> list[str]:
         "metrics-export-port",
         "runtime-env-agent-port",
     ]
-    return [arg for name in names for arg in (f"--{name}", str(_free_port()))]
+    return [arg for name in names for arg in (f"--{name}", str(free_port()))]
 
 
 class LocalCluster:
@@ -101,8 +95,8 @@ class LocalCluster:
         self.temp_dir = temp_dir
         self.cluster_id = uuid.uuid4().hex[:8]
         self.env = env
-        self.gcs_port = _free_port()
-        self.dashboard_port = _free_port()
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
         self.nodes: dict[str, subprocess.Popen] = {}
         self.killed: set[str] = set()
 
@@ -130,7 +124,7 @@ class LocalCluster:
         """The head node: GCS, dashboard with the job server on 127.0.0.1, `num_cpus` CPUs; waits until it is up."""
 
         def args() -> list[str]:
-            self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
             return [
                 "--head",
                 "--port",
@@ -140,7 +134,7 @@ class LocalCluster:
                 "--dashboard-port",
                 str(self.dashboard_port),
                 "--ray-client-server-port",
-                str(_free_port()),
+                str(free_port()),
                 f"--num-cpus={num_cpus}",
             ]
 
