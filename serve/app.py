@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from lift_ray.config import ServeConfig, TenantSettings, load_config
+from lift_ray.documents import InvalidDocumentId, validate_doc_id
 from lift_ray.models import EMBEDDED_NAME
 from lift_ray.serving import (
     AdapterService,
@@ -226,6 +227,10 @@ class OpenAIIngress:
         """None for the base model, else the document id; 404 unless it is published in `namespace`."""
         if model in self.base_names:
             return None
+        try:
+            validate_doc_id(model)
+        except InvalidDocumentId as exc:  # invalid for every tenant alike: saying why leaks nothing
+            raise HTTPException(404, f"the model {model!r} does not exist: {exc}") from None
         if await asyncio.to_thread(self.index.lookup, namespace, model) is None:
             # The same answer whether the id is unknown, invalid or another tenant's: existence does not leak.
             raise HTTPException(404, f"the model {model!r} does not exist: no LIFTed document with that id")
