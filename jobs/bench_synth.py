@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="LiftConfig YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--runs", default=",".join(f"{e}:{b}" for e, b in RUNS), help="engine:batch,...")
+    parser.add_argument("--no-docs", action="store_true", help="print the figures only; write nothing under docs/")
     parser.add_argument("--single", help=argparse.SUPPRESS)  # internal: one engine:batch in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         "grounded_sentence_fraction": engines[default_label]["grounded_sentence_fraction"],
         "grounded_engine": default_label,
     }
+    if args.no_docs:
+        print(json.dumps(figures, indent=2))
+        return 0
     write_results("synth", figures)
     (RESULTS_DIR / "synth_examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False) + "\n")
     plot(engines, RESULTS_DIR / "synth.png")
