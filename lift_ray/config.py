@@ -324,6 +324,23 @@ class TenantSettings(_Section):
         return api_keys
 
 
+class OnlineLiftSettings(_Section):
+    """`POST /v1/documents`: LIFT one document on the cluster from the endpoint (off unless enabled)."""
+
+    enabled: bool = Field(False, description="accept documents over HTTP; off: /v1/documents answers 404")
+    config: Path | None = Field(
+        None, description="LiftConfig YAML for these runs; its model must be the served base model"
+    )
+    overrides: list[str] = Field(default_factory=list, description="'section.key=value' overrides of that config")
+    max_in_flight: int = Field(2, ge=1, description="documents LIFTing at once per ingress replica; beyond: 429")
+    max_document_bytes: int = Field(1 << 20, ge=1, description="larger documents are refused with 413")
+    uri_prefixes: list[str] = Field(
+        default_factory=list,
+        description="`uri` documents must start with one of these (s3://bucket/prefix/ or a local folder); "
+        "empty: only `text` is accepted (a uri is read with the endpoint's own credentials)",
+    )
+
+
 class ServeConfig(_Section):
     """The Ray Serve application: base model, engine, adapter caches, tenants, replica shape."""
 
@@ -351,6 +368,7 @@ class ServeConfig(_Section):
     num_gpus_per_replica: float = Field(0.0, ge=0)
     torch_threads: int = Field(2, ge=1)
     tenants: TenantSettings = TenantSettings()
+    online_lift: OnlineLiftSettings = OnlineLiftSettings()
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = "/"

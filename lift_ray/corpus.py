@@ -177,10 +177,14 @@ def _document_entry(
     return _Entry(source, doc_id, read=lambda: _read_local_document(location, doc_id, limit))
 
 
+class DocumentTooLarge(DocumentError):
+    """A document over the size limit (not read)."""
+
+
 def _check_size(doc_id: str, size: int, limit: int) -> None:
-    """DocumentError if a document of `size` bytes is over the limit (0: no limit)."""
+    """DocumentTooLarge if a document of `size` bytes is over the limit (0: no limit)."""
     if limit and size > limit:
-        raise DocumentError(
+        raise DocumentTooLarge(
             f"document {doc_id!r} is {size:,} bytes, more than corpus.max_document_bytes ({limit:,}): "
             "not read; raise the limit to LIFT it"
         )
@@ -206,6 +210,14 @@ def _read_s3_document(uri: str, doc_id: str, buckets: BucketStores, limit: int) 
     finally:
         body.close()
     return Document.from_bytes(doc_id, data)
+
+
+def read_document(location: str, doc_id: str | None = None, max_document_bytes: int = 0) -> Document:
+    """One local file or S3 object as a Document (id from its file name unless given), size-checked first."""
+    entry = _document_entry(location, BucketStores(), max_document_bytes, doc_id)
+    if entry.read is None:
+        raise DocumentError(entry.error or f"cannot read {location}")
+    return entry.read()
 
 
 def _text_document(doc_id: str, text: str, limit: int) -> Document:

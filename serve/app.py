@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
+import ray
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from lift_ray.config import ServeConfig, TenantSettings, load_config
-from lift_ray.documents import InvalidDocumentId, validate_doc_id
+from lift_ray.config import LiftConfig, ServeConfig, TenantSettings, load_config
+from lift_ray.documents import Document, InvalidDocumentId, validate_doc_id
 from lift_ray.models import EMBEDDED_NAME
 from lift_ray.serving import (
     AdapterService,
@@ -37,11 +40,13 @@ from lift_ray.serving import (
     Unauthorized,
     UnknownDocument,
     adapter_key,
+    online,
     split_key,
 )
-from lift_ray.storage import Store
+from lift_ray.storage import Store, read_manifest
 
 BASE_MODEL = "base"
+log = logging.getLogger(__name__)
 _ATTACH_TRIES = 3
 
 
@@ -177,7 +182,16 @@ api = FastAPI(title="lift-ray", description="Ask questions of LIFTed documents: 
 @api.exception_handler(HTTPException)
 async def _openai_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Errors as {'detail': message, 'error': {...}}: our client reads the first, OpenAI SDKs the second."""
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        409: "conflict_error",
+        413: "invalid_request_error",
+        422: "invalid_request_error",
+        429: "rate_limit_error",
+    }
     body = {
         "detail": exc.detail,
         "error": {"message": exc.detail, "type": kinds.get(exc.status_code, "server_error"), "code": exc.status_code},
@@ -205,17 +219,26 @@ def _timestamp(iso: str | None) -> int:
         return 0
 
 
+# Online LIFT's Ray task: the driver part of one document's LIFT holds no CPU (its stages reserve their own).
+# No retries: a task that dies is recorded as failed by the ingress, and posting the document again reruns it.
+_online_lift_task = ray.remote(num_cpus=0, max_retries=0)(online.run_online_lift)
+
+
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
     """OpenAI-compatible HTTP front door: authenticates, checks the document exists, routes by document."""
 
-    def __init__(self, model: DeploymentHandle, config: ServeConfig) -> None:
-        self.model, self.config = model, config
+    def __init__(self, model: DeploymentHandle, config: ServeConfig, lift_config: LiftConfig | None = None) -> None:
+        self.model, self.config, self.lift_config = model, config, lift_config
         # The one place the endpoint reads the environment: API keys from the variable the config names.
         self.tenants = Tenants.from_settings(config.tenants, config.storage.namespace, os.environ)
-        self.index = ManifestIndex(Store.from_uri(config.storage.root), ttl_s=config.index_ttl_s)
+        self.store = Store.from_uri(config.storage.root)
+        self.index = ManifestIndex(self.store, ttl_s=config.index_ttl_s)
         self.base_names = {BASE_MODEL, EMBEDDED_NAME}
+        # Online LIFT runs started by this replica: (namespace, doc_id) -> (record, watcher task).
+        self.runs: dict[tuple[str, str], tuple[dict[str, Any], asyncio.Task]] = {}
+        self.submit_lock = asyncio.Lock()
 
     def _namespace(self, request: Request) -> str:
         try:
@@ -260,6 +283,99 @@ class OpenAIIngress:
                 }
             )
         return {"object": "list", "data": data}
+
+    # ------------------------------------------------------------ online LIFT
+
+    def _online_on(self) -> None:
+        if self.lift_config is None:
+            raise HTTPException(
+                404, "online LIFT is off on this endpoint: set online_lift.enabled (and online_lift.config)"
+            )
+
+    @api.post("/v1/documents", response_model=None)
+    async def submit_document(self, request: Request) -> JSONResponse:
+        """Start LIFTing one document (202); the same text already in flight answers with its status."""
+        self._online_on()
+        namespace = self._namespace(request)
+        try:
+            body = online.DocumentRequest.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            raise RequestValidationError(errors) from None
+        settings = self.config.online_lift
+        try:
+            document = await asyncio.to_thread(
+                online.load_document, body, settings.max_document_bytes, settings.uri_prefixes
+            )
+            async with self.submit_lock:
+                record = await self._admit(namespace, document, source=body.uri or "text")
+        except online.RequestRejected as exc:
+            headers = {"Retry-After": "30"} if exc.status == 429 else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from None
+        return JSONResponse({**record, "status_url": f"/v1/documents/{document.doc_id}"}, status_code=202)
+
+    async def _admit(self, namespace: str, document: Document, source: str) -> dict[str, Any]:
+        """The in-flight record for this text, or a new run's queued record (409 / 429 when it cannot start)."""
+        key = (namespace, document.doc_id)
+        existing = await asyncio.to_thread(online.read_status, self.store, namespace, document.doc_id)
+        mine = self.runs.get(key)
+        if mine is not None and (existing is None or existing.get("run_id") != mine[0]["run_id"]):
+            existing = mine[0]
+        answer = online.admit(existing, document)
+        if answer is not None:
+            return answer
+        in_flight = sum(not watcher.done() for _, watcher in self.runs.values())
+        limit = self.config.online_lift.max_in_flight
+        if in_flight >= limit:
+            raise online.RequestRejected(
+                429,
+                f"{in_flight} documents are LIFTing on this endpoint already (online_lift.max_in_flight={limit})"
+                "; try again later",
+            )
+        config = online.for_namespace(self.lift_config, namespace)
+        record = online.new_record(document, namespace, config.adapter_hash(), source)
+        await asyncio.to_thread(online.write_status, self.store, record)
+        self.index.forget_miss(namespace, document.doc_id)
+        ref = _online_lift_task.remote(record, document, config)
+        self.runs[key] = (record, asyncio.create_task(self._watch(ref, record)))
+        return record
+
+    async def _watch(self, ref: Any, record: dict[str, Any]) -> None:
+        """Wait for a run; record a dead task as failed; make a fresh adapter visible to chat and /v1/models."""
+        namespace, doc_id = record["namespace"], record["id"]
+        try:
+            try:
+                final = await ref
+            except Exception as exc:
+                final = await asyncio.to_thread(online.mark_crashed, self.store, record, f"{type(exc).__name__}: {exc}")
+            if final["status"] == "published":
+                manifest = await asyncio.to_thread(read_manifest, self.store, namespace, doc_id)
+                if manifest is not None:
+                    self.index.remember(namespace, manifest)
+        except Exception:  # never let a watcher die loudly: the record in the store is the truth
+            log.exception("online LIFT of %s/%s: watcher failed", namespace, doc_id)
+        finally:
+            if self.runs.get((namespace, doc_id), ({"run_id": None},))[0]["run_id"] == record["run_id"]:
+                del self.runs[(namespace, doc_id)]
+
+    @api.get("/v1/documents/{doc_id}")
+    async def document_status(self, doc_id: str, request: Request) -> dict[str, Any]:
+        """queued | running | published | failed, with the report's timings, qa_count and adapter_uri."""
+        self._online_on()
+        namespace = self._namespace(request)
+        try:
+            validate_doc_id(doc_id)
+        except InvalidDocumentId as exc:
+            raise HTTPException(404, f"no document {doc_id!r}: {exc}") from None
+        status = await asyncio.to_thread(online.document_status, self.store, namespace, doc_id)
+        if status is None:
+            # The same answer for an unknown id and another tenant's: existence does not leak.
+            raise HTTPException(404, f"no document {doc_id!r}: nothing was submitted or published under that id")
+        if status["status"] == "published":
+            # Published by another replica's run, maybe: make sure a remembered miss does not hide it here.
+            self.index.forget_miss(namespace, doc_id)
+            await asyncio.to_thread(self.index.lookup, namespace, doc_id)
+        return status
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionBody, request: Request) -> Any:
@@ -386,7 +502,9 @@ def build_app(config: ServeConfig) -> serve.Application:
     ingress = OpenAIIngress.options(
         ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max(100, 4 * config.max_ongoing_requests)
     )
-    return ingress.bind(model, config)
+    # Built here, so a LIFT config that does not fit the served model fails `serve run` at once, with the reason.
+    lift_config = online.lift_config_for(config) if config.online_lift.enabled else None
+    return ingress.bind(model, config, lift_config)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

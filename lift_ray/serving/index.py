@@ -83,3 +83,15 @@ class ManifestIndex:
                 self._misses.pop((namespace, doc_id), None)
                 self._documents.setdefault(namespace, {})[doc_id] = manifest
         return manifest
+
+    def forget_miss(self, namespace: str, doc_id: str) -> None:
+        """Drop a remembered miss, so the next `lookup` reads the manifest (a document just published)."""
+        with self._lock:
+            self._misses.pop((namespace, doc_id), None)
+
+    def remember(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Add (or replace) a document's manifest without waiting for the next listing (a fresh publish)."""
+        doc_id = validate_doc_id(manifest["doc_id"])
+        with self._lock:
+            self._misses.pop((namespace, doc_id), None)
+            self._documents.setdefault(namespace, {})[doc_id] = manifest

@@ -1,0 +1,418 @@
+"""Online LIFT: one document posted to the endpoint is LIFTed on the cluster, with a status record in the store.
+
+Plain code, no Ray: `serve/app.py` validates a `DocumentRequest`, turns it into a `Document` with
+`load_document`, decides with `admit` whether a run is already in flight, writes the `queued` record and
+runs `run_online_lift` as a Ray task. That function writes `running` (then a heartbeat every `HEARTBEAT_S`
+seconds), calls `lift_documents([document], config)` and writes the final record from the report.
+
+The record lives next to the document, `<namespace>/<doc_id>/lift_status.json`, so any ingress replica
+can answer `GET /v1/documents/{id}` and it survives restarts. Listings of a namespace only look for
+`<namespace>/<doc_id>/manifest.json`, so the record never makes a document look published. A `queued` or
+`running` record whose heartbeat is older than `STALE_AFTER_S` (its task died with a restarted ingress or
+node) reads as `failed`, and posting the document again starts a new run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lift_ray.config import ConfigError, LiftConfig, ServeConfig, StorageSettings, load_config
+from lift_ray.documents import Document, DocumentError, InvalidDocumentId, doc_id_from_filename, validate_doc_id
+from lift_ray.storage import Store, StoreError, clean_key, document_prefix, read_manifest
+
+log = logging.getLogger(__name__)
+
+STATUS_NAME = "lift_status.json"
+STATUSES = ("queued", "running", "published", "failed")
+ACTIVE = ("queued", "running")
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 180.0  # a queued task waits for a worker process; a running one beats every HEARTBEAT_S
+RECORD_FIELDS = (
+    "id",
+    "namespace",
+    "status",
+    "run_id",
+    "source",
+    "bytes",
+    "doc_sha256",
+    "config_hash",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "error",
+    "report_status",
+    "timings",
+    "qa_count",
+    "adapter_uri",
+    "adapter_bytes",
+    "final_loss",
+)
+Clock = Callable[[], float]
+
+
+class RequestRejected(ValueError):
+    """A request that cannot be taken, with the HTTP status and a message that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DocumentRequest(BaseModel):
+    """The body of `POST /v1/documents`: an optional id and exactly one of `text` or `uri`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="document id; default: the uri's file name or 'doc-<sha256 prefix>'")
+    text: str | None = Field(None, description="the document itself")
+    uri: str | None = Field(None, description="where to read it: s3://bucket/key or a path the cluster can read")
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_safe(cls, doc_id: str | None) -> str | None:
+        return None if doc_id is None else validate_doc_id(doc_id)
+
+    @field_validator("text")
+    @classmethod
+    def _text_has_content(cls, text: str | None) -> str | None:
+        if text is not None and (not text or text.isspace()):
+            raise ValueError("the document text is empty or whitespace only")
+        if text is not None and "\x00" in text:
+            raise ValueError("the document text contains NUL characters (binary data?)")
+        return text
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_usable(cls, uri: str | None) -> str | None:
+        if uri is not None and "://" in uri and not uri.lower().startswith("s3://"):
+            raise ValueError(f"uri {uri!r} is not supported: use s3://bucket/key or a path")
+        return uri
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DocumentRequest:
+        if (self.text is None) == (self.uri is None):
+            raise ValueError("give exactly one of 'text' (the document) or 'uri' (where to read it)")
+        return self
+
+
+# ---------------------------------------------------------------- config
+
+
+def lift_config_for(serve_config: ServeConfig) -> LiftConfig:
+    """The LiftConfig of online runs: `online_lift.config` + overrides, storage root = the served store.
+
+    ConfigError if its base model is not the one the endpoint serves, or it names another storage root.
+    """
+    settings = serve_config.online_lift
+    lift = load_config(LiftConfig, settings.config, settings.overrides)
+    served, lifted = serve_config.model.base_model, lift.model.base_model
+    if lifted != served:
+        raise ConfigError(
+            f"online_lift: the LIFT config trains on model.base_model={lifted!r} but the endpoint serves "
+            f"{served!r}; adapters only fit the model they were trained on, so set the same base model in both"
+        )
+    root = serve_config.storage.root
+    if "root" in lift.storage.model_fields_set and Store.from_uri(lift.storage.root).uri != Store.from_uri(root).uri:
+        raise ConfigError(
+            f"online_lift: the LIFT config publishes to storage.root={lift.storage.root!r} but the endpoint "
+            f"reads {root!r}; leave storage.root out of the LIFT config (the endpoint's is used)"
+        )
+    return lift.model_copy(update={"storage": StorageSettings(root=root, namespace=serve_config.storage.namespace)})
+
+
+def for_namespace(config: LiftConfig, namespace: str) -> LiftConfig:
+    """`config` publishing into the tenant's `namespace`."""
+    return config.model_copy(update={"storage": StorageSettings(root=config.storage.root, namespace=namespace)})
+
+
+# ---------------------------------------------------------------- the posted document
+
+
+def derive_id(request: DocumentRequest) -> str:
+    """The document id: as given, else the uri's file name stem, else 'doc-' + the text's sha256 prefix."""
+    if request.id is not None:
+        return request.id
+    if request.uri is not None:
+        try:
+            return doc_id_from_filename(request.uri.rstrip("/"))
+        except InvalidDocumentId as exc:
+            message = f"the uri's file name is not a usable document id ({exc}); give an 'id'"
+            raise RequestRejected(422, message) from None
+    assert request.text is not None
+    return "doc-" + hashlib.sha256(request.text.encode("utf-8")).hexdigest()[:16]
+
+
+def _inside(location: str, prefix: str) -> bool:
+    if location.lower().startswith("s3://") or prefix.lower().startswith("s3://"):
+        if not (location.lower().startswith("s3://") and prefix.lower().startswith("s3://")):
+            return False
+        rest, base = location[len("s3://") :], prefix[len("s3://") :].rstrip("/")
+        return rest == base or rest.startswith(base + "/")
+    path, folder = Path(location).resolve(), Path(prefix).resolve()
+    return path == folder or folder in path.parents
+
+
+def check_uri(uri: str, prefixes: list[str]) -> str:
+    """`uri` if it lies under one of `prefixes` (and has no '..'); RequestRejected (403 or 422) if not."""
+    if not prefixes:
+        raise RequestRejected(
+            403, "this endpoint does not read documents from a uri (online_lift.uri_prefixes is empty): send 'text'"
+        )
+    if uri.lower().startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        try:
+            clean_key(key)
+        except ValueError as exc:
+            raise RequestRejected(422, f"uri {uri!r} is not a usable S3 object: {exc}") from None
+        if not bucket:
+            raise RequestRejected(422, f"uri {uri!r} has no bucket name")
+    if not any(_inside(uri, prefix) for prefix in prefixes):
+        raise RequestRejected(403, f"uri {uri!r} is outside the locations this endpoint may read: {prefixes}")
+    return uri
+
+
+def load_document(request: DocumentRequest, max_bytes: int, uri_prefixes: list[str]) -> Document:
+    """The posted document, size-checked (413), from its text or read from its uri (400 if unreadable)."""
+    from lift_ray.corpus import DocumentTooLarge, read_document
+
+    doc_id = derive_id(request)
+    too_large = f"the document is larger than online_lift.max_document_bytes ({max_bytes:,} bytes)"
+    if request.text is not None:
+        size = len(request.text.encode("utf-8"))
+        if size > max_bytes:
+            raise RequestRejected(413, f"{too_large}: {size:,} bytes")
+        return Document.from_text(doc_id, request.text)
+    assert request.uri is not None
+    uri = check_uri(request.uri, uri_prefixes)
+    try:
+        return read_document(uri, doc_id, max_bytes)
+    except DocumentTooLarge:
+        raise RequestRejected(413, f"{too_large}: {uri}") from None
+    except DocumentError as exc:
+        raise RequestRejected(422, str(exc)) from None
+    except (OSError, StoreError) as exc:
+        raise RequestRejected(400, f"cannot read {uri}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+
+
+# ---------------------------------------------------------------- status records
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+def _seconds(iso: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(iso).timestamp() if iso else None
+    except ValueError:
+        return None
+
+
+def status_key(namespace: str, doc_id: str) -> str:
+    """Store key of a document's status record: '<namespace>/<doc_id>/lift_status.json'."""
+    return f"{document_prefix(namespace, doc_id)}/{STATUS_NAME}"
+
+
+def read_status(store: Store, namespace: str, doc_id: str) -> dict[str, Any] | None:
+    """The stored status record of a document, or None when it has none."""
+    key = status_key(namespace, doc_id)
+    if not store.exists(key):
+        return None
+    record = store.read_json(key)
+    if not isinstance(record, dict) or record.get("status") not in STATUSES:
+        raise StoreError(f"{store.child_uri(key)} is not a status record")
+    return record
+
+
+def write_status(store: Store, record: dict[str, Any]) -> None:
+    """Store a status record (one PUT: readers see the old or the new one)."""
+    store.write_json(status_key(record["namespace"], record["id"]), record)
+
+
+def new_record(
+    document: Document, namespace: str, config_hash: str, source: str, now: Clock = time.time
+) -> dict[str, Any]:
+    """A `queued` record for a new run of `document`."""
+    at = _iso(now())
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(
+        id=document.doc_id,
+        namespace=namespace,
+        status="queued",
+        run_id=uuid.uuid4().hex[:12],
+        source=source,
+        bytes=len(document.text.encode("utf-8")),
+        doc_sha256=document.sha256,
+        config_hash=config_hash,
+        submitted_at=at,
+        heartbeat_at=at,
+        timings={},
+    )
+    return record
+
+
+def is_stale(record: dict[str, Any], now: Clock = time.time, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether a queued/running record stopped beating (its task is gone)."""
+    beat = _seconds(record.get("heartbeat_at") or record.get("submitted_at"))
+    return record["status"] in ACTIVE and (beat is None or now() - beat > stale_after_s)
+
+
+def admit(existing: dict[str, Any] | None, document: Document, now: Clock = time.time) -> dict[str, Any] | None:
+    """The record to answer with when `document` is already in flight; None when a new run should start.
+
+    RequestRejected(409) when a different text is in flight under the same id.
+    """
+    if existing is None or existing["status"] not in ACTIVE or is_stale(existing, now):
+        return None
+    if existing.get("doc_sha256") == document.sha256:
+        return existing
+    raise RequestRejected(
+        409,
+        f"document {document.doc_id!r} is being LIFTed from a different text right now (status "
+        f"{existing['status']}); wait until GET /v1/documents/{document.doc_id} says published or failed, "
+        "then post again",
+    )
+
+
+def _manifest_view(manifest: dict[str, Any], namespace: str, doc_id: str) -> dict[str, Any]:
+    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
+    record.update(
+        id=doc_id,
+        namespace=namespace,
+        status="published",
+        source="store",
+        doc_sha256=manifest.get("doc_sha256"),
+        config_hash=manifest.get("config_hash"),
+        finished_at=manifest.get("published_at"),
+        report_status="published",
+        timings={},
+        qa_count=manifest.get("qa_count"),
+        adapter_uri=manifest.get("adapter_uri"),
+        adapter_bytes=manifest.get("adapter_bytes"),
+        final_loss=manifest.get("final_loss"),
+    )
+    return record
+
+
+def document_status(
+    store: Store, namespace: str, doc_id: str, now: Clock = time.time, stale_after_s: float = STALE_AFTER_S
+) -> dict[str, Any] | None:
+    """What `GET /v1/documents/{id}` reports; None when the document was neither submitted nor published.
+
+    No record but a manifest (published by the bulk job): published. A failed record older than the
+    manifest (republished since): published. A queued/running record whose heartbeat stopped: failed.
+    """
+    record = read_status(store, namespace, doc_id)
+    if record is None or record["status"] == "failed":
+        manifest = read_manifest(store, namespace, doc_id)
+        if manifest is not None:
+            published = _seconds(manifest.get("published_at")) or 0.0
+            if record is None or published > (_seconds(record.get("finished_at")) or 0.0):
+                return _manifest_view(manifest, namespace, doc_id)
+    if record is not None and is_stale(record, now, stale_after_s):
+        return {
+            **record,
+            "status": "failed",
+            "error": f"the LIFT run stopped reporting (no heartbeat since {record.get('heartbeat_at')}: its task "
+            "died, e.g. the ingress or a node restarted); post the document again to retry",
+        }
+    return record
+
+
+def final_record(
+    running: dict[str, Any], report: Any | None, error: str | None, now: Clock = time.time
+) -> dict[str, Any]:
+    """The record after a run: from the DocumentReport, or failed with `error` when there is none."""
+    at = _iso(now())
+    final = {**running, "finished_at": at, "heartbeat_at": at}
+    if report is None:
+        return {**final, "status": "failed", "report_status": "failed", "error": error or "no report"}
+    return {
+        **final,
+        "status": "published" if report.status in ("published", "skipped") else "failed",
+        "report_status": report.status,
+        "error": report.error,
+        "timings": dict(report.timings),
+        "qa_count": report.qa_count,
+        "adapter_uri": report.adapter_uri,
+        "adapter_bytes": report.adapter_bytes,
+        "final_loss": report.final_loss,
+    }
+
+
+def mark_crashed(store: Store, record: dict[str, Any], error: str, now: Clock = time.time) -> dict[str, Any]:
+    """The ingress saw the run's task die: record `failed` unless the record has moved on (another run, or final)."""
+    current = read_status(store, record["namespace"], record["id"])
+    if current is not None and (current.get("run_id") != record["run_id"] or current["status"] not in ACTIVE):
+        return current
+    at = _iso(now())
+    failed = {
+        **(current or record),
+        "status": "failed",
+        "report_status": "failed",
+        "error": f"the LIFT task stopped: {error}",
+        "finished_at": at,
+        "heartbeat_at": at,
+    }
+    write_status(store, failed)
+    return failed
+
+
+def run_online_lift(
+    record: dict[str, Any],
+    document: Document,
+    config: LiftConfig,
+    lift: Callable[[list[Document], LiftConfig], list[Any]] | None = None,
+    heartbeat_s: float = HEARTBEAT_S,
+    now: Clock = time.time,
+) -> dict[str, Any]:
+    """What the Ray task runs: record `running`, LIFT the document, record the outcome; returns the final record.
+
+    `lift` defaults to `lift_documents`; `config.storage` names the store and the tenant's namespace.
+    """
+    store = Store.from_uri(config.storage.root)
+    at = _iso(now())
+    running = {**record, "status": "running", "started_at": at, "heartbeat_at": at}
+    write_status(store, running)
+    stop, lock = threading.Event(), threading.Lock()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s):
+            with lock:
+                if stop.is_set():
+                    return
+                try:
+                    write_status(store, {**running, "heartbeat_at": _iso(now())})
+                except StoreError as exc:  # a missed beat is not worth failing the run for
+                    log.warning("%s: heartbeat not written: %s", document.doc_id, exc)
+
+    beater = threading.Thread(target=beat, name=f"lift-heartbeat-{document.doc_id}", daemon=True)
+    beater.start()
+    try:
+        if lift is None:
+            from lift_ray.pipeline import lift_documents as lift
+        report = lift([document], config)[0]
+        final = final_record(running, report, None, now)
+        if report.status == "skipped":  # already published with this text and config: the manifest has the rest
+            manifest = read_manifest(store, config.storage.namespace, document.doc_id) or {}
+            final.update({key: manifest.get(key) for key in ("qa_count", "adapter_bytes", "final_loss")})
+    except Exception as exc:
+        log.exception("%s: online LIFT failed", document.doc_id)
+        final = final_record(running, None, f"{type(exc).__name__}: {exc}", now)
+    finally:
+        with lock:
+            stop.set()
+        beater.join()
+    write_status(store, final)
+    return final
