@@ -205,6 +205,7 @@ def train_documents_on_ray(
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not jobs:
         return {}, None
@@ -212,7 +213,9 @@ def train_documents_on_ray(
         config = config.model_copy(
             update={"storage": config.storage.model_copy(update={"root": str(Path(config.storage.root).resolve())})}
         )
-    collector = ray.remote(num_cpus=0)(ResultCollector).remote()
+    # On the driver's node: a lost worker node (a reclaimed spot instance) must not take the run's record with it.
+    on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    collector = ray.remote(num_cpus=0)(ResultCollector).options(scheduling_strategy=on_driver_node).remote()
     run_name = run_name or f"lift-{config.adapter_hash()}-{int(time.time() * 1000)}"
     storage_path = (Path(config.work_dir) / "ray_train").resolve()
     trainer = TorchTrainer(
