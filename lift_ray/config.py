@@ -102,10 +102,10 @@ class GeneratorSettings(_Section):
         True, description="retries show the sentence alone (small generators drift to the paragraph otherwise)"
     )
     answer_aware: Literal["off", "retry", "fill"] = Field(
-        "off",
+        "retry",
         description="after the greedy attempts, ask for a question per answer span picked from the sentence "
-        "(names, numbers, dates): 'retry' for sentences without a grounded pair, 'fill' also for sentences with "
-        "fewer than m pairs; 'off' keeps the paper's free-form prompt only",
+        "(names, numbers, dates): 'retry' (default) for sentences without a grounded pair, 'fill' also for "
+        "sentences with fewer than m pairs; 'off' keeps the paper's free-form prompt only",
     )
     verify_answers: bool = Field(
         False,
