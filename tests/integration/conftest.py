@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,19 @@ TEST_OVERRIDES = [
     "train.threads_per_worker=1",
     "generator.num_cpus=0.4",
 ]
+
+# A LIFT job that checks plumbing, not learning (test_lift_and_serve covers that): one pair per sentence, any
+# parsed pair counts, no extra generation stages, one epoch of a rank-4 adapter. Tests add their CPU shares.
+TINY_GENERATOR: dict[str, Any] = {
+    "qa_per_sentence": 1,
+    "max_new_tokens": 64,
+    "max_retries": 1,
+    "require_grounded": False,
+    "answer_aware": "off",
+    "verify_answers": False,
+}
+TINY_TRAIN: dict[str, Any] = {"epochs": 1, "threads_per_worker": 1, "batch_size": 2, "max_seq_len": 128}
+TINY_LORA: dict[str, Any] = {"rank": 4, "alpha": 8}
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ import yaml
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.local_s3 import free_port
 
+from .conftest import TINY_GENERATOR, TINY_LORA, TINY_TRAIN
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,32 +48,14 @@ DOCUMENTS = {
     "kestrel": "A Kestrel cup takes nineteen minutes to make. It is blown from a violet glass called Tessaro Dusk.",
     "harbour": "The Lanmere harbour was dredged in 1931. Its lighthouse keeper was Agnes Holloway.",
 }
-# Small on purpose: this file checks the job on a cluster, not what adapters learn (test_lift_and_serve does).
+# Small on purpose: this file checks the job on a cluster, not what adapters learn.
 JOB_CONFIG: dict[str, Any] = {
-    "generator": {
-        "engine": "hf",
-        "qa_per_sentence": 1,
-        "max_new_tokens": 64,
-        "max_retries": 1,
-        # Any parsed pair counts and no extra stages: fewer generator calls, and no document of this test fails
-        # for want of a pair the small model got right (test_lift_and_serve covers the quality settings).
-        "require_grounded": False,
-        "answer_aware": "off",
-        "verify_answers": False,
-        "batch_size": 2,  # one two-sentence document per batch: documents finish one after another
-        "num_cpus": 0.45,
-    },
+    # One two-sentence document per generator batch: documents finish one after another.
+    "generator": {**TINY_GENERATOR, "engine": "hf", "batch_size": 2, "num_cpus": 0.45},
     # Actors: 0.45 (generator) + 2 x 0.3 (trainers) = 1.05 CPUs, more than either 1-CPU node has (plus 0.25 per
     # short splitting task).
-    "train": {
-        "epochs": 1,
-        "num_workers": 2,
-        "cpus_per_worker": 0.3,
-        "threads_per_worker": 1,
-        "batch_size": 2,
-        "max_seq_len": 128,
-    },
-    "lora": {"rank": 4, "alpha": 8},
+    "train": {**TINY_TRAIN, "num_workers": 2, "cpus_per_worker": 0.3},
+    "lora": TINY_LORA,
 }
 
 

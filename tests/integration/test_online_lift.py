@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +18,9 @@ import yaml
 from lift_ray.client import wait_until_healthy
 from lift_ray.config import OnlineLiftSettings, ServeConfig, StorageSettings, TenantSettings
 from lift_ray.storage import Store
+
+from .conftest import TINY_GENERATOR, TINY_LORA, TINY_TRAIN
+from .test_serve import call as call_with_headers
 
 pytestmark = pytest.mark.integration
 
@@ -31,26 +32,9 @@ PUBLISH_TIMEOUT_S = 600
 # Fractional CPUs: the session app (0.3 + 0.1) and this one (0.3 + 0.1) leave 1.2 of 2 CPUs, and the run
 # holds a generator actor (0.4), one trainer worker (0.4) and short splitting tasks (0.25) at once.
 LIFT_CONFIG: dict[str, Any] = {
-    "generator": {
-        "engine": "hf",
-        "qa_per_sentence": 1,
-        "max_new_tokens": 64,
-        "max_retries": 1,
-        "require_grounded": False,
-        "answer_aware": "off",
-        "verify_answers": False,
-        "batch_size": 2,
-        "num_cpus": 0.4,
-    },
-    "train": {
-        "epochs": 1,
-        "num_workers": 1,
-        "cpus_per_worker": 0.4,
-        "threads_per_worker": 1,
-        "batch_size": 2,
-        "max_seq_len": 128,
-    },
-    "lora": {"rank": 4, "alpha": 8},
+    "generator": {**TINY_GENERATOR, "engine": "hf", "batch_size": 2, "num_cpus": 0.4},
+    "train": {**TINY_TRAIN, "num_workers": 1, "cpus_per_worker": 0.4},
+    "lora": TINY_LORA,
 }
 
 
@@ -89,20 +73,8 @@ def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> 
 
 def call(url: str, path: str, body: Any = None, key: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
     """(status, decoded JSON or text) of one request: POST when there is a body, else GET."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            status, payload = response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        status, payload = exc.code, exc.read().decode()
-    try:
-        return status, json.loads(payload)
-    except json.JSONDecodeError:
-        return status, payload
+    status, _, payload = call_with_headers(url, path, body, key, raw)
+    return status, payload
 
 
 def chat(url: str, model: str, key: str = KEY_A) -> tuple[int, Any]:
