@@ -6,8 +6,9 @@ Serve deployment on loopback that reads adapters from an S3 API server on loopba
 
 Steps: start `python -m moto.server`; write and publish N random rank-8 adapters (q_proj, v_proj) for the
 embedded model, plus a few rank-16 all-linear ones (the shape LIFT trains) for the cold-load figure; start
-Ray and the Serve app (`ServeConfig` + overrides); send the same number of requests to the base model alone
-(the reference), then to the adapters, at the same concurrency; finally ask each rank-16 adapter once
+Ray and the Serve app (`ServeConfig` + overrides); send `--unloaded` requests one at a time to the base model,
+then to one adapter in memory (the adapter's own cost, no queue); send the same number of requests to the base
+model alone (the reference), then to the adapters, at the same concurrency; finally ask each rank-16 adapter once
 (cold, from the store). Latency is measured at the client, per request, end to end over HTTP. The adapter
 source (memory, disk, store) comes from the `X-Lift-Adapter-Source` header and the load time from
 `X-Lift-Adapter-Ms`.
@@ -118,6 +119,16 @@ def run_load(url: str, models: list[str], concurrency: int, max_tokens: int) -> 
     return results, time.perf_counter() - started
 
 
+def unloaded(url: str, model: str, count: int, max_tokens: int) -> list[float]:
+    """Latencies (ms) of `count` requests for `model` sent one after another: the engine's own cost, no queue."""
+    ask(url, model, QUESTIONS[0], max_tokens)  # attach the adapter (and warm the path) first
+    results = [ask(url, model, QUESTIONS[i % len(QUESTIONS)], max_tokens) for i in range(count)]
+    failed = [r for r in results if r["status"] != 200]
+    if failed:
+        raise RuntimeError(f"unloaded requests for {model} failed: {failed[:3]}")
+    return [r["ms"] for r in results]
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
@@ -172,6 +183,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=4, help="tokens generated per request")
     parser.add_argument("--cold", type=int, default=5, help="rank-16 adapters asked once each, cold from S3")
+    parser.add_argument("--unloaded", type=int, default=30, help="sequential requests each to base and one adapter")
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="ServeConfig override")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/results or docs/benchmarks.md")
@@ -220,6 +232,9 @@ def main() -> None:
         wait_until_healthy(url, timeout=900)
         startup_s = time.perf_counter() - started
         ask(url, "base", QUESTIONS[0], args.max_tokens)  # warm-up
+        unloaded_base = unloaded(url, "base", args.unloaded, args.max_tokens)
+        unloaded_warm = unloaded(url, "doc-0000", args.unloaded, args.max_tokens)
+        print("unloaded p50 ms: base", percentile(unloaded_base, 50), "warm", percentile(unloaded_warm, 50), flush=True)
 
         base, base_s = run_load(url, ["base"] * args.requests, args.concurrency, args.max_tokens)
         print("base", summary(base), f"{base_s:.0f} s", flush=True)
@@ -264,6 +279,10 @@ def main() -> None:
         "warm_p50_vs_base": round(by_source["memory"]["p50_ms"] / reference["p50_ms"], 2)
         if by_source["memory"]["p50_ms"] and reference["p50_ms"]
         else None,
+        "unloaded_requests": args.unloaded,
+        "unloaded_base_p50_ms": percentile(unloaded_base, 50),
+        "unloaded_warm_p50_ms": percentile(unloaded_warm, 50),
+        "unloaded_warm_vs_base": round(percentile(unloaded_warm, 50) / percentile(unloaded_base, 50), 2),
         "cold_load_ms": round(statistics.median(cold_ms), 1) if cold_ms else None,
         "cold_load_all_ms": [round(v, 1) for v in cold_ms],
         "by_source": by_source,
@@ -287,6 +306,8 @@ def main() -> None:
             [f"adapters from {source}", entry["requests"], "-", entry["p50_ms"], entry["p99_ms"], entry["load_p50_ms"]]
         )
     rows.append([f"rank-16 adapter cold from S3 (x{len(cold_ms)})", len(cold), "-", "-", "-", figures["cold_load_ms"]])
+    rows.append(["base, one at a time", args.unloaded, 0, figures["unloaded_base_p50_ms"], "-", "-"])
+    rows.append(["warm adapter, one at a time", args.unloaded, 0, figures["unloaded_warm_p50_ms"], "-", "-"])
     markdown = "\n\n".join(
         [
             "## Serving: 1,000 adapters behind one endpoint (`jobs/bench_serve.py`)",
@@ -295,8 +316,10 @@ def main() -> None:
             f"{args.hot} of them, {args.max_tokens} tokens each, one replica with {config.max_adapters_per_replica} "
             "adapters in memory. Latency at the client, end to end over HTTP. Figures: `docs/results/serve.json`.",
             markdown_table(["requests", "n", "errors", "p50 ms", "p99 ms", "adapter load p50 ms"], rows),
-            f"Warm (adapter in memory) p50 / base p50: **{figures['warm_p50_vs_base']}**; cold rank-16 adapter from "
-            f"S3 into memory: **{figures['cold_load_ms']} ms** (median); errors: **{figures['errors']}**.",
+            f"Warm adapter p50 / base p50, one request at a time (the adapter's own cost): "
+            f"**{figures['unloaded_warm_vs_base']}**; under the load above (queueing included): "
+            f"{figures['warm_p50_vs_base']}. Cold rank-16 adapter from S3 into memory: "
+            f"**{figures['cold_load_ms']} ms** (median); errors: **{figures['errors']}**.",
             "![serving latency](results/serve.png)",
         ]
     )
