@@ -112,6 +112,11 @@ class GeneratorSettings(_Section):
         description="round-trip check: the generator answers each new question from the text, and a pair is kept "
         "only when that answer agrees with the pair's answer (catches questions that do not fit their answer)",
     )
+    sentence_cache: bool = Field(
+        False,
+        description="also cache QA per sentence (same sentence, paragraph and generator settings) in the store, so "
+        "documents that share text generate each shared sentence once (NIAH haystacks, versions of a document)",
+    )
     batch_size: int = Field(16, ge=1, description="sentences per map_batches call")
     num_replicas: int = Field(1, ge=1, description="generator actors")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per generator actor")

@@ -27,6 +27,7 @@ from lift_ray.storage import (
     read_manifest,
     write_json_lines,
 )
+from lift_ray.synth.cache import generator_fingerprint
 from lift_ray.train.dataset import generation_counters, qa_pairs_from_rows
 from lift_ray.train.loop import DocumentJob
 
@@ -50,6 +51,7 @@ class DocumentReport:
     dropped_pairs: int = 0
     ungrounded_pairs: int = 0
     unverified_pairs: int = 0
+    cached_sentences: int = 0
     final_loss: float | None = None
     adapter_uri: str | None = None
     adapter_bytes: int | None = None
@@ -60,37 +62,12 @@ class DocumentReport:
         return asdict(self)
 
 
-# Generator settings that change which pairs come out, and so belong in the QA cache key.
-QA_QUALITY_SETTINGS = {
-    "require_grounded",
-    "max_retries",
-    "samples_per_retry",
-    "retry_temperature",
-    "retry_without_context",
-    "answer_aware",
-    "verify_answers",
-}
-
-
 def qa_cache_key(document: Document, config: LiftConfig) -> str:
     """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
-    generator = config.generator
-    model = generator.model or config.model.base_model
-    if generator.engine == "openai":
-        model = f"{generator.openai.base_url}#{generator.openai.model}"
-    template = generator.template_file
     parts = {
         "doc_sha256": document.sha256,
-        "model": model,
-        "template_sha256": hashlib.sha256(template.read_bytes()).hexdigest() if template else None,
-        "preset": generator.preset,
-        "m": generator.qa_per_sentence,
-        "max_new_tokens": generator.max_new_tokens,
-        "temperature": generator.temperature,
-        "guided_json": generator.vllm.guided_json,
-        "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
+        **generator_fingerprint(config),
         "sentences": config.sentences.model_dump(mode="json"),
-        "seed": config.seed,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

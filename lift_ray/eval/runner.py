@@ -54,9 +54,13 @@ def method_config(method: Method, config_path: str | None = None, overrides: Seq
 
 
 def niah_config(config: LiftConfig) -> LiftConfig:
-    """`config` with the generator's NIAH prompt preset, for LIFTing haystacks."""
+    """`config` with the generator's NIAH prompt preset, for LIFTing haystacks.
+
+    The sentence cache is on: haystacks of one length differ only around the needle, so their shared
+    sentences are generated once for every depth and instance that repeats them."""
     adjusted = config.model_copy(deep=True)
     adjusted.generator.preset = "niah"
+    adjusted.generator.sentence_cache = True
     return adjusted
 
 
@@ -265,7 +269,8 @@ def eval_plan(
     niah_methods: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """What a run will train, before it starts: per trained variant and task, the documents, their sentences
-    (one generator prompt each; none for Finetune-Raw) and tokens. Multiply by measured rates to budget it."""
+    (one generator prompt each; none for Finetune-Raw), the distinct sentences among them (what NIAH's sentence
+    cache generates) and tokens. Multiply by measured rates to budget it."""
     from lift_ray.documents import sentence_rows
     from lift_ray.models import load_tokenizer, resolve_base_model
 
@@ -284,15 +289,19 @@ def eval_plan(
                 continue
             seen.add((method.adapter, task))
             variant = method_config(method).train.variant
-            sentences = sum(
-                len(sentence_rows(d, config.sentences.context_chars, config.sentences.max_sentence_chars)) for d in docs
-            )
+            sentence_list = [
+                (row["context"], row["sentence"])
+                for d in docs
+                for row in sentence_rows(d, config.sentences.context_chars, config.sentences.max_sentence_chars)
+            ]
+            sentences, unique = len(sentence_list), len(set(sentence_list))
             rows.append(
                 {
                     "variant": method.adapter,
                     "task": task,
                     "documents": len(docs),
                     "sentences": 0 if variant == "finetune_raw" else sentences,
+                    "unique_sentences": 0 if variant == "finetune_raw" else unique,
                     "tokens": sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) for d in docs),
                 }
             )

@@ -12,6 +12,7 @@ import numpy as np
 
 from lift_ray.config import GeneratorSettings, LiftConfig
 from lift_ray.metrics import answer_is_grounded, answers_agree, normalize_answer, snap_to_source
+from lift_ray.synth.cache import SentenceQACache, complete_with_cache
 from lift_ray.synth.engines import ChatEngine, Generation, SamplingSettings, make_engine
 from lift_ray.synth.parsing import parse_qa_output, validate_pairs
 from lift_ray.synth.prompts import (
@@ -248,9 +249,10 @@ class QAGeneratorActor:
             model_dir = resolve_base_model(settings.model or config.model.base_model, Path(config.model.cache_dir))
         engine = make_engine(settings.engine, model_dir, settings, seed=config.seed)
         self.generator = QAGenerator(engine, settings, seed=config.seed)
+        self.cache = SentenceQACache.for_config(config) if settings.sentence_cache else None
         log.info("generator %s ready in %.1f s", settings.engine, time.perf_counter() - started)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows = _rows_from_batch(batch)
-        results = self.generator.generate(rows)
+        results = complete_with_cache(rows, self.cache, self.generator.generate)
         return {column: [r[column] for r in results] for column in results[0]} if results else {}

@@ -99,4 +99,5 @@ def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         "dropped_pairs": sum(int(r.get("dropped", 0)) for r in rows),
         "ungrounded_pairs": sum(int(r.get("ungrounded", 0)) for r in rows),
         "unverified_pairs": sum(int(r.get("unverified", 0)) for r in rows),
+        "cached_sentences": sum(1 for r in rows if r.get("cache_hit")),
     }

@@ -14,6 +14,7 @@ from lift_ray.storage import Store, read_json_lines, read_manifest
 
 pytestmark = pytest.mark.integration
 
+EXTRA_SENTENCE = "Its garden has 40 apple trees."
 SMALL_DOCUMENT = (
     "The Pellworth Museum opened in 1904 in the town of Caldry. "
     "Its most famous exhibit is a bronze clock called the Marrow Bell. "
@@ -26,7 +27,9 @@ def pipeline_config(lift_config: LiftConfig) -> LiftConfig:
     """Few pairs and one epoch: this test checks the path, not the learning (the serve test does that)."""
     return lift_config.model_copy(
         update={
-            "generator": lift_config.generator.model_copy(update={"qa_per_sentence": 3, "batch_size": 8}),
+            "generator": lift_config.generator.model_copy(
+                update={"qa_per_sentence": 3, "batch_size": 8, "sentence_cache": True}
+            ),
             "train": lift_config.train.model_copy(update={"epochs": 1}),
             "storage": lift_config.storage.model_copy(update={"namespace": "pipeline"}),
         }
@@ -39,12 +42,17 @@ def _report(store: Store, run_id: str) -> dict[str, dict]:
 
 
 def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_config, s3_bucket):
-    """The bulk job's own entry (`run_lift`) on documents in S3: real generator, trainer, publish, report."""
+    """The bulk job's own entry (`run_lift`) on documents in S3: real generator, trainer, publish, report.
+
+    `pellworth-2` repeats pellworth and adds a sentence: with the sentence cache, the shared sentences are
+    generated once for the two documents.
+    """
     import boto3
 
     bucket = s3_bucket.removeprefix("s3://")
     s3 = boto3.client("s3")
     s3.put_object(Bucket=bucket, Key="docs/pellworth.txt", Body=SMALL_DOCUMENT.encode())
+    s3.put_object(Bucket=bucket, Key="docs/pellworth-2.txt", Body=f"{SMALL_DOCUMENT} {EXTRA_SENTENCE}".encode())
     s3.put_object(Bucket=bucket, Key="docs/blank.txt", Body=b"   \n  ")
     inputs = [f"{s3_bucket}/docs/"]
 
@@ -58,7 +66,10 @@ def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_co
     assert pellworth["sentences_with_pairs"] >= 1 and pellworth["qa_count"] >= 1
     assert pellworth["timings"]["generate_s"] > 0 and pellworth["timings"]["train_s"] > 0
     summary = json.loads(store.read_bytes(report_key("first", SUMMARY_NAME)))
-    assert summary["counts"] == {"published": 1, "skipped": 0, "failed": 1}
+    assert summary["counts"] == {"published": 2, "skipped": 0, "failed": 1}
+    second = report["pellworth-2"]
+    assert second["status"] == "published" and second["sentences"] == 4
+    assert pellworth["cached_sentences"] + second["cached_sentences"] == 3
 
     manifest = read_manifest(store, "pipeline", "pellworth")
     assert manifest["qa_count"] == pellworth["qa_count"]

@@ -472,9 +472,13 @@ def test_the_plan_counts_generator_prompts_per_trained_variant_and_task(embedded
     from lift_ray.eval.runner import eval_plan
 
     methods = [get_method(name) for name in ("base", "finetune_raw", "lift", "lift_icl")]
-    plan = eval_plan(methods, LiftConfig(), niah_lengths=[256], niah_depths=[0.5], niah_methods=["lift"])
+    plan = eval_plan(methods, LiftConfig(), niah_lengths=[256], niah_depths=[0, 0.5, 1], niah_methods=["lift"])
     rows = {(row["variant"], row["task"]): row for row in plan}
     assert set(rows) == {("finetune_raw", "docqa"), ("lift", "docqa"), ("lift", "niah")}  # base trains nothing
     assert rows[("lift", "docqa")]["documents"] == 5 and rows[("lift", "docqa")]["sentences"] > 5 * 10
     assert rows[("finetune_raw", "docqa")]["sentences"] == 0  # raw segments: no generator prompts
-    assert rows[("lift", "niah")]["documents"] == 1 and 0 < rows[("lift", "niah")]["tokens"] <= 256
+    niah_row = rows[("lift", "niah")]
+    assert niah_row["documents"] == 3 and 0 < niah_row["tokens"] <= 3 * 256
+    # the three haystacks share all but the needle and the sentences whose paragraph shows it
+    assert niah_row["sentences"] / 3 < niah_row["unique_sentences"] < niah_row["sentences"]
+    assert rows[("lift", "docqa")]["unique_sentences"] == rows[("lift", "docqa")]["sentences"]

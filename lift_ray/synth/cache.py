@@ -1,0 +1,141 @@
+"""What identifies a generator's output, and the sentence-level QA cache built on it.
+
+The document-level cache (`lift_ray.pipeline.qa_cache_path`) saves a whole document's QA; the sentence
+cache (`generator.sentence_cache`) saves each sentence's, so documents that share text (versions of one
+report, NIAH haystacks that differ only by the needle, boilerplate) generate each shared sentence once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from lift_ray.config import LiftConfig
+from lift_ray.documents import validate_doc_id
+from lift_ray.storage import ObjectNotFound, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+SENTENCE_CACHE_FOLDER = "_sentence_qa"
+
+# Generator settings that change which pairs come out, and so belong in every QA cache key.
+QA_QUALITY_SETTINGS = {
+    "require_grounded",
+    "max_retries",
+    "samples_per_retry",
+    "retry_temperature",
+    "retry_without_context",
+    "answer_aware",
+    "verify_answers",
+}
+
+# Columns the generator adds to a sentence row; a cached sentence gets them back from the store.
+GENERATED_COLUMNS = ("qa_json", "malformed", "retried", "attempts", "dropped", "ungrounded", "repaired", "unverified")
+
+
+def generator_fingerprint(config: LiftConfig) -> dict[str, Any]:
+    """Everything about the generator that changes its pairs (not resources, not training settings)."""
+    generator = config.generator
+    model = generator.model or config.model.base_model
+    if generator.engine == "openai":
+        model = f"{generator.openai.base_url}#{generator.openai.model}"
+    template = generator.template_file
+    return {
+        "model": model,
+        "template_sha256": hashlib.sha256(template.read_bytes()).hexdigest() if template else None,
+        "preset": generator.preset,
+        "m": generator.qa_per_sentence,
+        "max_new_tokens": generator.max_new_tokens,
+        "temperature": generator.temperature,
+        "guided_json": generator.vllm.guided_json,
+        "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
+        "seed": config.seed,
+    }
+
+
+def _digest(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+class SentenceQACache:
+    """The QA of single sentences in the store, keyed by sentence, paragraph and generator fingerprint.
+
+    Objects live at `_sentence_qa/<namespace>/<key>.json`, outside the namespace's document folders (so
+    listing a namespace's adapters does not walk them); a namespace never reads another's.
+    """
+
+    def __init__(self, store: Store, namespace: str, fingerprint: dict[str, Any]) -> None:
+        self.store = store
+        self.prefix = f"{SENTENCE_CACHE_FOLDER}/{validate_doc_id(namespace, 'namespace')}"
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def for_config(cls, config: LiftConfig) -> SentenceQACache:
+        """The cache of `config`'s store and namespace for its generator."""
+        return cls(Store.from_uri(config.storage.root), config.storage.namespace, generator_fingerprint(config))
+
+    def key(self, row: dict[str, Any]) -> str:
+        """Store key of one sentence row's QA."""
+        parts = {"generator": self.fingerprint, "context": row["context"], "sentence": row["sentence"]}
+        return f"{self.prefix}/{_digest(parts)[:32]}.json"
+
+    def lookup(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """For each row, the row completed from the cache (`cache_hit` true, no tokens spent), or None."""
+        found: list[dict[str, Any] | None] = []
+        for row in rows:
+            try:
+                found.append(_reused(row, self.store.read_json(self.key(row))))
+            except ObjectNotFound:
+                found.append(None)
+            except (StoreError, KeyError, TypeError) as exc:  # a damaged or unreachable entry: generate again
+                log.warning("sentence QA cache: unreadable %s (%s); generating again", self.key(row), exc)
+                found.append(None)
+        return found
+
+    def save(self, results: list[dict[str, Any]]) -> None:
+        """Store the generated columns of freshly generated rows."""
+        for row in results:
+            try:
+                self.store.write_json(self.key(row), {c: row[c] for c in GENERATED_COLUMNS})
+            except StoreError as exc:  # the cache only saves work; a failed write must not fail the batch
+                log.warning("sentence QA cache: could not save %s (%s)", self.key(row), exc)
+
+
+def _reused(row: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
+    """`row` completed with QA generated for the same sentence elsewhere: no tokens spent on it."""
+    return {**row, **{c: generated[c] for c in GENERATED_COLUMNS}, "output_tokens": 0, "cache_hit": True}
+
+
+def complete_with_cache(
+    rows: list[dict[str, Any]], cache: SentenceQACache | None, generate: Callable[[list[dict]], list[dict]]
+) -> list[dict[str, Any]]:
+    """`generate(rows)`, but each sentence is generated once: found in `cache`, or repeated in `rows`.
+
+    Rows taken from the cache or from an earlier row of the batch have `cache_hit` true and no output
+    tokens; freshly generated rows are saved to the cache.
+    """
+    if cache is None:
+        return generate(rows)
+    found = cache.lookup(rows)
+    keys = [cache.key(row) for row in rows]
+    first_row: dict[str, int] = {}  # cache key -> the position of the row generated for it
+    for position, (key, hit) in enumerate(zip(keys, found, strict=True)):
+        if hit is None:
+            first_row.setdefault(key, position)
+    unique = sorted(first_row.values())
+    generated = dict(zip(unique, generate([rows[p] for p in unique]), strict=True)) if unique else {}
+    for row in generated.values():
+        row["cache_hit"] = False
+    cache.save(list(generated.values()))
+    completed: list[dict[str, Any]] = []
+    for position, (key, hit) in enumerate(zip(keys, found, strict=True)):
+        if hit is not None:
+            completed.append(hit)
+        elif position in generated:
+            completed.append(generated[position])
+        else:
+            completed.append(_reused(rows[position], generated[first_row[key]]))
+    return completed
