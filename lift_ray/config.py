@@ -76,6 +76,18 @@ class OpenAISettings(_Section):
     backoff_s: float = Field(0.5, ge=0, description="first wait between tries; doubles each time")
 
 
+# Generator settings that change which pairs come out, and so belong in QA cache keys and the adapter hash.
+QA_QUALITY_SETTINGS = {
+    "require_grounded",
+    "max_retries",
+    "samples_per_retry",
+    "retry_temperature",
+    "retry_without_context",
+    "answer_aware",
+    "verify_answers",
+}
+
+
 class GeneratorSettings(_Section):
     """QA synthesis: which engine, which prompt, how many pairs per sentence."""
 
@@ -268,6 +280,26 @@ class LiftConfig(_Section):
             fields.add("gamma")
         return fields
 
+    def generator_fingerprint(self) -> dict[str, Any]:
+        """Everything about the generator that changes its pairs (not resources, not training settings)."""
+        generator = self.generator
+        model = generator.model or self.model.base_model
+        if generator.engine == "openai":
+            model = f"{generator.openai.base_url}#{generator.openai.model}"
+        template = generator.template_file
+        return {
+            "model": model,
+            "template_sha256": hashlib.sha256(template.read_bytes()).hexdigest() if template else None,
+            "preset": generator.preset,
+            "m": generator.qa_per_sentence,
+            "max_new_tokens": generator.max_new_tokens,
+            "temperature": generator.temperature,
+            "guided_json": generator.vllm.guided_json,
+            "max_answer_chars": generator.max_answer_chars,
+            "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
+            "seed": self.seed,
+        }
+
     def adapter_hash(self) -> str:
         """Hash of everything that changes the adapter a document gets (not resources or paths)."""
         relevant = {
@@ -277,10 +309,7 @@ class LiftConfig(_Section):
                 "system_prompt": self.model.system_prompt,
             },
             "sentences": self.sentences.model_dump(mode="json"),
-            "generator": self.generator.model_dump(
-                mode="json",
-                include={"model", "preset", "qa_per_sentence", "max_new_tokens", "temperature", "max_answer_chars"},
-            ),
+            "generator": self.generator_fingerprint(),
             "lora": self.lora.model_dump(mode="json"),
             "train": self.train.model_dump(mode="json", include=self._trained_fields()),
             "seed": self.seed,

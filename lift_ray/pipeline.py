@@ -27,7 +27,6 @@ from lift_ray.storage import (
     read_manifest,
     write_json_lines,
 )
-from lift_ray.synth.cache import generator_fingerprint
 from lift_ray.train.dataset import generation_counters, qa_pairs_from_rows
 from lift_ray.train.loop import DocumentJob
 
@@ -66,7 +65,7 @@ def qa_cache_key(document: Document, config: LiftConfig) -> str:
     """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
     parts = {
         "doc_sha256": document.sha256,
-        **generator_fingerprint(config),
+        **config.generator_fingerprint(),
         "sentences": config.sentences.model_dump(mode="json"),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

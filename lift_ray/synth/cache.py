@@ -21,39 +21,8 @@ log = logging.getLogger(__name__)
 
 SENTENCE_CACHE_FOLDER = "_sentence_qa"
 
-# Generator settings that change which pairs come out, and so belong in every QA cache key.
-QA_QUALITY_SETTINGS = {
-    "require_grounded",
-    "max_retries",
-    "samples_per_retry",
-    "retry_temperature",
-    "retry_without_context",
-    "answer_aware",
-    "verify_answers",
-}
-
 # Columns the generator adds to a sentence row; a cached sentence gets them back from the store.
 GENERATED_COLUMNS = ("qa_json", "malformed", "retried", "attempts", "dropped", "ungrounded", "repaired", "unverified")
-
-
-def generator_fingerprint(config: LiftConfig) -> dict[str, Any]:
-    """Everything about the generator that changes its pairs (not resources, not training settings)."""
-    generator = config.generator
-    model = generator.model or config.model.base_model
-    if generator.engine == "openai":
-        model = f"{generator.openai.base_url}#{generator.openai.model}"
-    template = generator.template_file
-    return {
-        "model": model,
-        "template_sha256": hashlib.sha256(template.read_bytes()).hexdigest() if template else None,
-        "preset": generator.preset,
-        "m": generator.qa_per_sentence,
-        "max_new_tokens": generator.max_new_tokens,
-        "temperature": generator.temperature,
-        "guided_json": generator.vllm.guided_json,
-        "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
-        "seed": config.seed,
-    }
 
 
 def _digest(parts: dict[str, Any]) -> str:
@@ -75,7 +44,7 @@ class SentenceQACache:
     @classmethod
     def for_config(cls, config: LiftConfig) -> SentenceQACache:
         """The cache of `config`'s store and namespace for its generator."""
-        return cls(Store.from_uri(config.storage.root), config.storage.namespace, generator_fingerprint(config))
+        return cls(Store.from_uri(config.storage.root), config.storage.namespace, config.generator_fingerprint())
 
     def key(self, row: dict[str, Any]) -> str:
         """Store key of one sentence row's QA."""

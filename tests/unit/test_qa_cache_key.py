@@ -36,3 +36,22 @@ def test_key_ignores_resources_and_training_settings():
 
 def test_cache_path_is_under_the_document():
     assert qa_cache_path("ns", DOCUMENT, LiftConfig()) == f"ns/doc/qa/{key()}.jsonl"
+
+
+def test_adapter_hash_changes_with_every_setting_that_changes_the_pairs(tmp_path: Path):
+    """A rerun after changing how QA is written must train again, not skip as already published."""
+    template = tmp_path / "prompt.txt"
+    template.write_text("Write {m} pairs.", encoding="utf-8")
+
+    def adapter_hash(*overrides: str) -> str:
+        return load_config(LiftConfig, None, list(overrides)).adapter_hash()
+
+    changed = [
+        adapter_hash("generator.answer_aware=fill"),
+        adapter_hash("generator.verify_answers=true"),
+        adapter_hash("generator.max_retries=1"),
+        adapter_hash(f"generator.template_file={template}"),
+        adapter_hash("generator.qa_per_sentence=3"),
+    ]
+    assert adapter_hash() not in changed and len(set(changed)) == len(changed)
+    assert adapter_hash() == adapter_hash("generator.batch_size=64", "generator.sentence_cache=true")

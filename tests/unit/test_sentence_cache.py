@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.storage import Store
-from lift_ray.synth.cache import SentenceQACache, complete_with_cache, generator_fingerprint
+from lift_ray.synth.cache import SentenceQACache, complete_with_cache
 from lift_ray.synth.generator import QAGenerator
 from tests.unit.test_generator import ScriptedEngine, qa
 
@@ -31,7 +31,7 @@ def make_cache(
 ) -> tuple[SentenceQACache, ScriptedEngine, QAGenerator]:
     config = load_config(LiftConfig, None, ["generator.answer_aware='off'", *overrides])
     engine = ScriptedEngine(replies)
-    cache = SentenceQACache(Store.from_uri(tmp_path), namespace, generator_fingerprint(config))
+    cache = SentenceQACache(Store.from_uri(tmp_path), namespace, config.generator_fingerprint())
     return cache, engine, QAGenerator(engine, config.generator)
 
 
