@@ -315,6 +315,27 @@ def parse_judge_score(text: str) -> int | None:
     return int(verdicts.pop()) if len(verdicts) == 1 else None
 
 
+def judge_answers(per_question: list[dict[str, Any]], judge: Any, max_new_tokens: int = 8) -> dict[str, Any]:
+    """Ask an LLM judge whether each prediction means its gold answer (paper, Appendix C).
+
+    `judge` is a ChatEngine (`OpenAIChatEngine` for any OpenAI-compatible endpoint). Each row gets `judge`:
+    1, 0, or None when the reply had no verdict or the request failed; the summary is `judge_score` (mean
+    over the rows with a verdict) and `judge_unparsed` (rows without one), so a judge that cannot follow
+    the prompt shows up as unparsed, not as wrong answers.
+    """
+    from lift_ray.synth.engines import SamplingSettings
+
+    conversations = [
+        [{"role": "user", "content": llm_judge_prompt(row["question"], row["answers"], row["prediction"])}]
+        for row in per_question
+    ]
+    replies = judge.generate(conversations, SamplingSettings(max_new_tokens=max_new_tokens)) if conversations else []
+    for row, reply in zip(per_question, replies, strict=True):
+        row["judge"] = parse_judge_score(reply.text) if reply.error is None else None
+    verdicts = [row["judge"] for row in per_question if row["judge"] is not None]
+    return {"judge_score": _mean(verdicts), "judge_unparsed": len(per_question) - len(verdicts)}
+
+
 # ---------------------------------------------------------------- results
 
 

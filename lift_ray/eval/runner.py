@@ -28,6 +28,7 @@ from lift_ray.eval.harness import (
     Question,
     answer_questions,
     get_method,
+    judge_answers,
     load_docqa,
     load_general,
     peak_gpu_memory_mb,
@@ -132,6 +133,7 @@ def run_eval(
     chat_model_factory: ChatModelFactory | None = None,
     on_method: Callable[[dict[str, dict[str, Any]]], None] | None = None,
     answer_threads: int = 2,
+    judge: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
 
@@ -142,7 +144,9 @@ def run_eval(
     seconds_per_document (training plus answering a document's questions) and peak_memory_mb (CUDA peak, or
     on CPU the peak resident memory of this process and its children, Ray's workers included).
     Adapters are trained once per variant and reused (`lift_icl` answers with `lift`'s). `on_method` gets
-    the results so far after each method (a long run writes them as it goes).
+    the results so far after each method (a long run writes them as it goes). With a `judge` (a ChatEngine,
+    e.g. `OpenAIChatEngine` on an OpenAI-compatible endpoint) every document-QA answer is also judged
+    (`judge_score`, `judge_unparsed`, and `judge` per question).
     """
     if lift_fn is None:
         from lift_ray.pipeline import lift_documents as lift_fn
@@ -213,6 +217,8 @@ def run_eval(
                 entry["niah_train_seconds_per_document"] = trained.get(method.adapter or "", {}).get("niah")
             del chat_model
         scores = score_answers([predictions[q.id] for q in questions], questions)
+        if judge is not None:
+            entry.update(judge_answers(scores["per_question"], judge))
         train_seconds = trained.get(method.adapter or "", {}).get("docqa")
         answer_per_document = answer_seconds / max(1, len(documents))
         entry.update(
@@ -321,6 +327,14 @@ def niah_cells(grid: dict[str, float]) -> dict[tuple[int, float], float]:
     return cells
 
 
+def judge_engine(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
+    """The LLM judge: an `OpenAIChatEngine` on an OpenAI-compatible endpoint (greedy, a few tokens per verdict)."""
+    from lift_ray.config import OpenAISettings
+    from lift_ray.synth.engines import OpenAIChatEngine
+
+    return OpenAIChatEngine(OpenAISettings(base_url=base_url, model=model, api_key_env=api_key_env))
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lift-ray eval`."""
     parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS], metavar="METHOD")
@@ -347,6 +361,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=2,
         help="torch threads of the answering model (1 copes far better with a busy shared machine)",
+    )
+    parser.add_argument(
+        "--judge-url", default=None, help="OpenAI-compatible base URL of an LLM judge (e.g. http://host:8000/v1)"
+    )
+    parser.add_argument("--judge-model", default="gpt-4o", help="the judge's model name")
+    parser.add_argument(
+        "--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key"
     )
     parser.add_argument("--plan-only", action="store_true", help="print what would be trained, then stop")
     parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
@@ -396,6 +417,7 @@ def eval_command(args: argparse.Namespace) -> int:
         niah_overrides=args.niah_overrides,
         general=not args.no_general,
         answer_threads=args.answer_threads,
+        judge=judge_engine(args.judge_url, args.judge_model, args.judge_api_key_env) if args.judge_url else None,
         on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{args.name}_partial"),
     )
     from lift_ray.bench import write_results

@@ -23,6 +23,7 @@ from lift_ray.eval.harness import (
     contains_answer,
     eval_results,
     get_method,
+    judge_answers,
     llm_judge_prompt,
     load_docqa,
     parse_judge_score,
@@ -33,6 +34,7 @@ from lift_ray.eval.harness import (
     write_eval_results,
 )
 from lift_ray.eval.runner import method_config, run_eval
+from tests.unit.conftest import FlakyServer
 
 
 @pytest.fixture(scope="module")
@@ -482,3 +484,37 @@ def test_the_plan_counts_generator_prompts_per_trained_variant_and_task(embedded
     # the three haystacks share all but the needle and the sentences whose paragraph shows it
     assert niah_row["sentences"] / 3 < niah_row["unique_sentences"] < niah_row["sentences"]
     assert rows[("lift", "docqa")]["unique_sentences"] == rows[("lift", "docqa")]["sentences"]
+
+
+def judge_rule(prompt: str) -> str:
+    """A judge on loopback HTTP: True when the prediction holds the ground truth, no verdict for '???'."""
+    gold = prompt.split("Ground truth: ")[1].split("\n")[0].split(" / ")
+    prediction = prompt.split("Predicted answer: ")[1]
+    if "???" in prediction:
+        return "I cannot tell."
+    return "True" if any(g.lower() in prediction.lower() for g in gold) else "False."
+
+
+def test_run_eval_asks_an_openai_compatible_judge_about_every_answer(serve_fake_llm):
+    from lift_ray.eval.runner import judge_engine
+
+    behaviour = FlakyServer(reply=judge_rule)
+    judge = judge_engine(serve_fake_llm(behaviour), "judge-model")
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+    results = run_eval(
+        [get_method("base"), get_method("icl")],
+        general=False,
+        judge=judge,
+        chat_model_factory=lambda serve_config: FakeChatModel(gold, []),
+    )
+    assert len(behaviour.bodies) == 2 * len(questions)
+    assert {body["model"] for body in behaviour.bodies} == {"judge-model"}
+    assert "Ground truth:" in behaviour.bodies[0]["messages"][0]["content"]
+    assert results["base"]["judge_score"] == 0.0 and results["icl"]["judge_score"] == 1.0
+    assert results["icl"]["judge_unparsed"] == 0
+    assert {row["judge"] for row in results["icl"]["per_question"]} == {1}
+
+    rows = [{"question": "Q?", "answers": ["Oslo"], "prediction": p} for p in ("Oslo.", "Bergen", "???")]
+    assert judge_answers(rows, judge) == {"judge_score": 0.5, "judge_unparsed": 1}
+    assert [row["judge"] for row in rows] == [1, 0, None]
