@@ -1,8 +1,9 @@
-"""What identifies a generator's output, and the sentence-level QA cache built on it.
+"""The sentence-level QA cache.
 
 The document-level cache (`lift_ray.pipeline.qa_cache_path`) saves a whole document's QA; the sentence
 cache (`generator.sentence_cache`) saves each sentence's, so documents that share text (versions of one
 report, NIAH haystacks that differ only by the needle, boilerplate) generate each shared sentence once.
+Keys use `LiftConfig.generator_fingerprint()`, as the document cache does.
 """
 
 from __future__ import annotations
