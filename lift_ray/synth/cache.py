@@ -41,6 +41,7 @@ class SentenceQACache:
         self.store = store
         self.prefix = f"{SENTENCE_CACHE_FOLDER}/{validate_doc_id(namespace, 'namespace')}"
         self.fingerprint = fingerprint
+        self._fingerprint_digest = _digest(fingerprint)  # serialised once, not per sentence
 
     @classmethod
     def for_config(cls, config: LiftConfig) -> SentenceQACache:
@@ -49,29 +50,31 @@ class SentenceQACache:
 
     def key(self, row: dict[str, Any]) -> str:
         """Store key of one sentence row's QA."""
-        parts = {"generator": self.fingerprint, "context": row["context"], "sentence": row["sentence"]}
+        parts = {"generator": self._fingerprint_digest, "context": row["context"], "sentence": row["sentence"]}
         return f"{self.prefix}/{_digest(parts)[:32]}.json"
 
     def lookup(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         """For each row, the row completed from the cache (`cache_hit` true, no tokens spent), or None."""
         found: list[dict[str, Any] | None] = []
         for row in rows:
+            key = self.key(row)
             try:
-                found.append(_reused(row, self.store.read_json(self.key(row))))
+                found.append(_reused(row, self.store.read_json(key)))
             except ObjectNotFound:
                 found.append(None)
             except (StoreError, KeyError, TypeError) as exc:  # a damaged or unreachable entry: generate again
-                log.warning("sentence QA cache: unreadable %s (%s); generating again", self.key(row), exc)
+                log.warning("sentence QA cache: unreadable %s (%s); generating again", key, exc)
                 found.append(None)
         return found
 
     def save(self, results: list[dict[str, Any]]) -> None:
         """Store the generated columns of freshly generated rows."""
         for row in results:
+            key = self.key(row)
             try:
-                self.store.write_json(self.key(row), {c: row[c] for c in GENERATED_COLUMNS})
+                self.store.write_json(key, {c: row[c] for c in GENERATED_COLUMNS})
             except StoreError as exc:  # the cache only saves work; a failed write must not fail the batch
-                log.warning("sentence QA cache: could not save %s (%s)", self.key(row), exc)
+                log.warning("sentence QA cache: could not save %s (%s)", key, exc)
 
 
 def _reused(row: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
