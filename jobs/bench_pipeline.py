@@ -1,6 +1,6 @@
 """Pipeline benchmark: training while generating vs generate-then-train, TTFT vs length, bulk overheads.
 
-    .venv/bin/python jobs/bench_pipeline.py [--sentences 8] [--ttft-lengths 4,16] [--bulk-docs 3]
+    .venv/bin/python jobs/bench_pipeline.py [--sentences 8] [--ttft-lengths 4,16] [--bulk-copies 3]
                                             [--config lift.yaml] [--set key=value ...]
 
 On one local Ray instance, with the configured engine and settings (defaults: 2 epochs, m=2, small
@@ -10,11 +10,21 @@ invented-fact documents, so it stays around 15 minutes on 2 cores):
    document, each in a fresh namespace (no cache): wall times, their ratio, and how close the
    pipelined time comes to max(generation alone, training alone), both taken from the sequential run;
 2. TTFT (document in → adapter published, i.e. servable) of pipelined LIFT at a few document lengths;
-3. bulk: the documents of 1-2 again from their QA caches in one TorchTrainer run, against a bare
+3. bulk: the documents of 1-2 again from their QA caches (`--bulk-copies` times each, as distinct
+   documents, so the run is long enough to stand for a bulk job) in one TorchTrainer run, against a bare
    PyTorch loop (same `AdapterTrainer`, one process, same cores) on the same work. Fixed per-document
    overhead = time in a document's training that is not optimizer steps or waiting for data (fresh
    adapter, gathering rows, saving, publishing) over its step time; Ray Train overhead = (Ray run wall
-   − bare loop wall) / bare loop wall, both including model start-up.
+   − bare loop wall) / bare loop wall, both including model start-up; Ray Train start-up = from `fit()`
+   to the workers entering the training function (worker processes, imports, process group), paid once
+   per run;
+4. a generator on other hardware (`--remote-epochs`, default 1): on this machine both stages share the
+   same 2 cores, so overlapping them cannot do more work per second. A cluster gives the generator its
+   own GPUs; the stand-in for that is an OpenAI-compatible server on loopback (`lift_ray.chat_stub`) that
+   replays the pairs the real generator wrote for each sentence of the main document after a fixed
+   latency and uses no CPU meanwhile. Latency per request batch is set so that generation alone costs
+   about what one epoch of training costs (the issue's "stages cost about the same"). Generate-then-train
+   and pipelined then run as in 1, with `generator.engine=openai`.
 
 Writes docs/results/pipeline.json, docs/results/pipeline_ttft.png and the `pipeline` table in
 docs/benchmarks.md. Not a test: compare ratios from one run.
@@ -23,7 +33,9 @@ docs/benchmarks.md. Not a test: compare ratios from one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -31,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
+from lift_ray.chat_stub import ChatStub, replay_recorded_pairs, serving
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
 from lift_ray.models import load_tokenizer, resolve_base_model
@@ -80,14 +93,14 @@ def lift_one(base: LiftConfig, document: Document, namespace: str, pipeline: str
     return {"wall_s": wall, "report": report.to_dict()}
 
 
-def cached_jobs(base: LiftConfig, documents: dict[str, tuple[Document, str]]) -> list[DocumentJob]:
-    """Jobs with the QA rows the earlier runs cached."""
+def cached_jobs(base: LiftConfig, documents: dict[str, tuple[Document, str]], copies: int) -> list[DocumentJob]:
+    """Jobs with the QA rows the earlier runs cached, each document `copies` times under distinct ids."""
     store = Store.from_uri(base.storage.root)
     jobs = []
     for document, namespace in documents.values():
         rows = read_json_lines(store, qa_cache_path(namespace, document, base))
         jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
-    return jobs
+    return [dataclasses.replace(job, doc_id=f"{job.doc_id}-{copy}") for copy in range(copies) for job in jobs]
 
 
 def bare_loop(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
@@ -106,7 +119,7 @@ def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
     from lift_ray.train.trainer import train_documents_on_ray
 
     config = _config(base, "bulk", "sequential")
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     results, error = train_documents_on_ray(config, jobs)
     wall = time.perf_counter() - started
     if error or len(results) != len(jobs):
@@ -116,7 +129,48 @@ def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
         timings = results[job.doc_id]["timings"]
         fixed = timings["overhead_s"]  # includes publish_s (rank 0)
         per_doc.append({"doc_id": job.doc_id, "compute_s": timings["compute_s"], "fixed_s": fixed})
-    return {"wall_s": wall, "per_doc": per_doc, "load_s": results[jobs[0].doc_id]["load_s"]}
+    first = results[jobs[0].doc_id]
+    return {
+        "wall_s": wall,
+        "per_doc": per_doc,
+        "load_s": first["load_s"],
+        "startup_s": first["worker_entered_at"] - started_at,
+    }
+
+
+def remote_generator_runs(
+    base: LiftConfig, document: Document, rows: list[dict[str, Any]], epochs: int, latency_s: float
+) -> dict[str, Any]:
+    """Generate-then-train and pipelined LIFT of `document` with the generator replayed from another 'machine'."""
+    stub = ChatStub(delay_s=latency_s, reply=replay_recorded_pairs(rows))
+    with serving() as start:
+        generator = base.generator.model_copy(
+            update={
+                "engine": "openai",
+                "openai": base.generator.openai.model_copy(update={"base_url": start(stub)}),
+                "answer_aware": "off",
+                "verify_answers": False,
+                "max_retries": 0,
+            }
+        )
+        config = base.model_copy(
+            update={"generator": generator, "train": base.train.model_copy(update={"epochs": epochs})}
+        )
+        sequential = lift_one(config, document, "remote-sequential", "sequential")
+        pipelined = lift_one(config, document, "remote-pipelined", "streaming")
+    generation_only = sequential["report"]["timings"]["generate_s"]
+    training_only = sequential["wall_s"] - generation_only
+    return {
+        "epochs": epochs,
+        "latency_s": round(latency_s, 2),
+        "requests": len(stub.bodies),
+        "sequential_s": round(sequential["wall_s"], 1),
+        "pipelined_s": round(pipelined["wall_s"], 1),
+        "speedup": round(sequential["wall_s"] / pipelined["wall_s"], 2),
+        "generation_only_s": round(generation_only, 1),
+        "training_only_s": round(training_only, 1),
+        "pipelined_over_ideal": round(pipelined["wall_s"] / max(generation_only, training_only), 2),
+    }
 
 
 def plot_ttft(points: list[dict[str, Any]], path: Path) -> None:
@@ -145,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sentences", type=int, default=8, help="length of the main document")
     parser.add_argument("--ttft-lengths", default="4,16", help="more document lengths (sentences) for the TTFT plot")
+    parser.add_argument("--bulk-copies", type=int, default=3, help="each document this many times in the bulk run")
+    parser.add_argument("--remote-epochs", type=int, default=1, help="epochs of the remote-generator runs (0: skip)")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
@@ -186,7 +242,13 @@ def main() -> None:
             )
             documents[document.doc_id] = (document, f"ttft{length}")
 
-        jobs = cached_jobs(base, documents)
+        remote = None
+        if args.remote_epochs:
+            [main_job] = cached_jobs(base, {main_doc.doc_id: documents[main_doc.doc_id]}, 1)
+            batches = math.ceil(len(main_job.rows or []) / base.generator.batch_size)
+            latency = training_only / base.train.epochs / batches
+            remote = remote_generator_runs(base, main_doc, main_job.rows or [], args.remote_epochs, latency)
+        jobs = cached_jobs(base, documents, args.bulk_copies)
         ray_bulk = bulk_on_ray(base, jobs)
         ray.shutdown()
         bare = bare_loop(base, jobs)
@@ -214,11 +276,14 @@ def main() -> None:
         "bulk_ray_wall_s": round(ray_bulk["wall_s"], 1),
         "bulk_bare_wall_s": round(bare["wall_s"], 1),
         "bulk_model_load_s": round(ray_bulk["load_s"], 1),
+        "ray_train_startup_s": round(ray_bulk["startup_s"], 1),
         "bulk_per_doc": ray_bulk["per_doc"],
         "per_doc_overhead_fraction": round(fixed / compute, 3),
         "ray_train_overhead_fraction": round((ray_bulk["wall_s"] - bare["wall_s"]) / bare["wall_s"], 3),
         "ray_train_step_overhead_fraction": round((compute - bare["compute_s"]) / bare["compute_s"], 3),
     }
+    if remote:
+        figures["remote_generator"] = remote
     write_results("pipeline", figures)
     plot_ttft(ttft, RESULTS_DIR / "pipeline_ttft.png")
     rows = [
@@ -231,10 +296,24 @@ def main() -> None:
             f"bulk: {len(jobs)} documents, one Ray Train run / bare loop (s)",
             f"{figures['bulk_ray_wall_s']} / {figures['bulk_bare_wall_s']}",
         ],
+        ["Ray Train start-up, once per run (s)", figures["ray_train_startup_s"]],
         ["fixed per-document overhead / step time", figures["per_doc_overhead_fraction"]],
         ["Ray Train overhead vs bare PyTorch (wall, incl. start-up)", figures["ray_train_overhead_fraction"]],
         ["Ray Train overhead vs bare PyTorch (optimizer steps only)", figures["ray_train_step_overhead_fraction"]],
     ]
+    if remote:
+        rows += [
+            [
+                f"remote generator ({remote['epochs']} epoch): generate-then-train / pipelined (s)",
+                f"{remote['sequential_s']} / {remote['pipelined_s']}",
+            ],
+            ["remote generator: speedup", remote["speedup"]],
+            [
+                "remote generator: generation alone / training alone (s)",
+                f"{remote['generation_only_s']} / {remote['training_only_s']}",
+            ],
+            ["remote generator: pipelined / max(generation, training)", remote["pipelined_over_ideal"]],
+        ]
     update_benchmarks_section(
         "pipeline",
         f"## Pipeline: training while generating (`jobs/bench_pipeline.py`)\n\n{figures['device']}; engine "

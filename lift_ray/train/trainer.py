@@ -132,6 +132,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    entered_at = time.time()
     config = LiftConfig.model_validate(loop_config["config"])
     jobs: list[DocumentJob] = ray.get(loop_config["jobs"])
     collector = loop_config["collector"]
@@ -162,7 +163,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
         )
         if rank == 0:
-            ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), "load_s": trainer.load_s}))
+            timestamps = {"worker_entered_at": entered_at, "load_s": trainer.load_s}
+            ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), **timestamps}))
     ray.train.report({"documents": len(jobs)})
 
 

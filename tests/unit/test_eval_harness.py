@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lift_ray import bench
+from lift_ray.chat_stub import ChatStub
 from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
 from lift_ray.documents import validate_doc_id
 from lift_ray.eval import niah
@@ -34,7 +35,6 @@ from lift_ray.eval.harness import (
     write_eval_results,
 )
 from lift_ray.eval.runner import method_config, run_eval
-from tests.unit.conftest import FlakyServer
 
 
 @pytest.fixture(scope="module")
@@ -498,7 +498,7 @@ def judge_rule(prompt: str) -> str:
 def test_run_eval_asks_an_openai_compatible_judge_about_every_answer(serve_fake_llm):
     from lift_ray.eval.runner import judge_engine
 
-    behaviour = FlakyServer(reply=judge_rule)
+    behaviour = ChatStub(reply=judge_rule)
     judge = judge_engine(serve_fake_llm(behaviour), "judge-model")
     documents, questions = load_docqa()
     gold = {question.question: question.answers[0] for question in questions}
