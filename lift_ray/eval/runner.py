@@ -8,6 +8,7 @@ and `lift_ray.eval.answerer.EvalChatModel`), so its bookkeeping is tested withou
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -15,12 +16,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from lift_ray.bench import RESULTS_DIR
 from lift_ray.config import LiftConfig, ServeConfig, load_config
 from lift_ray.documents import Document
 from lift_ray.eval import niah
 from lift_ray.eval.harness import (
     DOCQA_DIR,
     GENERAL_FILE,
+    METHOD_NAMES,
     METHODS,
     ChatModel,
     MemoryPeak,
@@ -327,6 +330,43 @@ def niah_cells(grid: dict[str, float]) -> dict[tuple[int, float], float]:
     return cells
 
 
+_NIAH_FIELDS = ("niah_grid", "niah_accuracy", "niah_train_seconds_per_document")
+
+
+def load_eval_run(name: str, results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    """docs/results/<name>.json, keeping only methods that were run."""
+    entries = json.loads((results_dir / f"{name}.json").read_text())
+    return {method: entry for method, entry in entries.items() if entry.get("note") != "not run in this evaluation"}
+
+
+def merge_eval_runs(
+    docqa: dict[str, dict[str, Any]], niah_runs: dict[str, dict[str, dict[str, Any]]], docqa_name: str
+) -> dict[str, dict[str, Any]]:
+    """One entry per method: document QA from `docqa`, NIAH cells merged over `niah_runs` (run name → entries)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for method in METHOD_NAMES:
+        entry = {key: value for key, value in docqa.get(method, {}).items() if key not in (*_NIAH_FIELDS, "note")}
+        notes = [f"document QA from run {docqa_name}" if method in docqa else "document QA not run"]
+        grid: dict[str, float] = {}
+        niah_train: float | None = None
+        for run_name, run in niah_runs.items():
+            cells = run.get(method, {}).get("niah_grid") or {}
+            if cells:
+                grid.update(cells)
+                notes.append(f"NIAH {', '.join(sorted(cells))} from run {run_name}")
+                niah_train = niah_train or run[method].get("niah_train_seconds_per_document")
+        if grid:
+            entry.update(
+                niah_grid=dict(sorted(grid.items())),
+                niah_accuracy=round(sum(grid.values()) / len(grid), 4),
+                niah_train_seconds_per_document=niah_train,
+            )
+        if method in docqa or grid:
+            entry["note"] = "; ".join(notes)
+            merged[method] = entry
+    return merged
+
+
 def judge_engine(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
     """The LLM judge: an `OpenAIChatEngine` on an OpenAI-compatible endpoint (greedy, a few tokens per verdict)."""
     from lift_ray.config import OpenAISettings
@@ -376,7 +416,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     """`lift-ray eval`: run, write docs/results/<name>.json and NIAH heatmaps, print the table; 0, or 2 on
     bad arguments."""
-    from lift_ray.bench import RESULTS_DIR
 
     try:
         methods = [get_method(name) for name in args.methods]

@@ -34,7 +34,7 @@ from lift_ray.eval.harness import (
     truncated_context,
     write_eval_results,
 )
-from lift_ray.eval.runner import method_config, run_eval
+from lift_ray.eval.runner import merge_eval_runs, method_config, run_eval
 
 
 @pytest.fixture(scope="module")
@@ -518,3 +518,23 @@ def test_run_eval_asks_an_openai_compatible_judge_about_every_answer(serve_fake_
     rows = [{"question": "Q?", "answers": ["Oslo"], "prediction": p} for p in ("Oslo.", "Bergen", "???")]
     assert judge_answers(rows, judge) == {"judge_score": 0.5, "judge_unparsed": 1}
     assert [row["judge"] for row in rows] == [1, 0, None]
+
+
+def test_merged_runs_keep_docqa_from_one_run_and_niah_cells_from_later_runs():
+    docqa = {
+        "lift": {"f1": 0.3, "niah_grid": {"1024@0.0": 0.0}, "niah_accuracy": 0.0, "note": "x"},
+        "base": {"f1": 0.0},
+    }
+    niah_runs = {
+        "run1k": {"lift": {"niah_grid": {"1024@0.0": 1.0, "1024@1.0": 0.0}, "niah_train_seconds_per_document": 9.0}},
+        "run2k": {"lift": {"niah_grid": {"1024@1.0": 1.0, "2048@0.0": 0.0}}, "icl": {"niah_grid": {"2048@0.0": 1.0}}},
+    }
+    merged = merge_eval_runs(docqa, niah_runs, "docqa5")
+    assert merged["lift"]["f1"] == 0.3
+    assert merged["lift"]["niah_grid"] == {"1024@0.0": 1.0, "1024@1.0": 1.0, "2048@0.0": 0.0}
+    assert merged["lift"]["niah_accuracy"] == round(2 / 3, 4)
+    assert merged["lift"]["niah_train_seconds_per_document"] == 9.0
+    assert "document QA from run docqa5" in merged["lift"]["note"] and "run2k" in merged["lift"]["note"]
+    assert "niah_grid" not in merged["base"]
+    assert merged["icl"]["note"].startswith("document QA not run") and "f1" not in merged["icl"]
+    assert set(merged) == {"lift", "base", "icl"}
