@@ -2,17 +2,19 @@
 
 Workers load the base model once and loop over the run's documents (`AdapterTrainer.train_document`),
 so bulk LIFT pays trainer and model start-up once per run, not once per document. Documents whose QA
-is still being generated arrive through Ray Data: the generator's streaming dataset is the trainer's
-`train` dataset, split between workers as it is produced (`streaming_split(equal=False)`: no row is
-dropped, and the loop tolerates uneven shards). Rank 0 writes each document's QA cache, publishes its
-adapter and records the outcome in a small `ResultCollector` actor, which also tells a restarted
-worker group (FailureConfig) which documents are done, so each document publishes once.
+is still being generated arrive through a `RowFeed` actor that the driver fills from the generator's
+Ray Dataset from the moment the run starts, so generation runs while the worker group starts up
+(`lift_ray.train.feed` says why not `streaming_split`); each worker reads its share as it is produced,
+and the loop tolerates uneven shares. Rank 0 writes each document's QA cache, publishes its adapter and
+records the outcome in a small `ResultCollector` actor, which also tells a restarted worker group
+(FailureConfig) which documents are done, so each document publishes once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 from lift_ray.config import LiftConfig
 from lift_ray.models import resolve_base_model
 from lift_ray.storage import Store, publish_adapter, write_json_lines
+from lift_ray.train.feed import RowFeed, feed_rows, pump_rows
 from lift_ray.train.loop import (
     AdapterTrainer,
     BufferedRowSource,
@@ -148,8 +151,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     trainer = AdapterTrainer(model_dir, config, collective, device)
     log.info("rank %d: model ready in %.1f s", rank, trainer.load_s)
     source: RowSource = NoRows()
-    if loop_config["streaming"]:
-        source = BufferedRowSource(ray.train.get_dataset_shard("train").iter_rows())
+    feed = loop_config["feed"]
+    if feed is not None:
+        source = BufferedRowSource(feed_rows(feed, rank, context.get_world_size(), config.train.poll_s))
     publisher = StorePublisher(config) if rank == 0 else None
     finished = set(ray.get(collector.finished.remote()))  # from an earlier attempt of this run
     second = jobs[1].doc_id if len(jobs) > 1 else None
@@ -165,30 +169,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             timestamps = {"worker_entered_at": entered_at, "load_s": trainer.load_s}
             ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), **timestamps}))
+            if feed is not None and result.status == "published":
+                feed.forget.remote(job.doc_id)
     ray.train.report({"documents": len(jobs)})
-
-
-class _StreamingDataConfig:
-    """Builds a ray.train.DataConfig whose split is `equal=False`: Ray Train's default (`equal=True`) truncates
-    the dataset to a multiple of the worker count and holds rows back to even out the splits."""
-
-    @staticmethod
-    def make() -> Any:
-        import ray.train
-
-        class StreamingDataConfig(ray.train.DataConfig):
-            def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # noqa: ANN001
-                output: list[dict[str, Any]] = [{} for _ in range(world_size)]
-                for name, dataset in datasets.items():
-                    dataset = dataset.copy(dataset)
-                    dataset.context.execution_options = self._resolve_execution_options(name)
-                    hints = worker_node_ids if self._enable_shard_locality else None
-                    splits = dataset.streaming_split(world_size, equal=False, locality_hints=hints)
-                    for rank, split in enumerate(splits):
-                        output[rank][name] = split
-                return output
-
-        return StreamingDataConfig()
 
 
 def train_documents_on_ray(
@@ -200,7 +183,8 @@ def train_documents_on_ray(
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """One TorchTrainer run for all `jobs`: each document's recorded result, and the run's error if it failed.
 
-    `stream` is the Ray Dataset of sentence rows with `qa_json` for the jobs whose `rows` is None. Documents
+    `stream` is the Ray Dataset of sentence rows with `qa_json` for the jobs whose `rows` is None; it is
+    iterated on a driver thread into a `RowFeed` while the worker group starts and trains. Documents
     without a result did not finish (the run failed after `train.max_failures` restarts).
     `kill_once_marker` is for tests: see `_KillOnce`.
     """
@@ -218,6 +202,11 @@ def train_documents_on_ray(
     # On the driver's node: a lost worker node (a reclaimed spot instance) must not take the run's record with it.
     on_driver_node = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     collector = ray.remote(num_cpus=0)(ResultCollector).options(scheduling_strategy=on_driver_node).remote()
+    feed, stop_pump, pump = None, threading.Event(), None
+    if stream is not None:
+        feed = ray.remote(num_cpus=0)(RowFeed).options(scheduling_strategy=on_driver_node).remote()
+        pump = threading.Thread(target=pump_rows, args=(stream, feed, stop_pump), name="lift-row-pump", daemon=True)
+        pump.start()
     run_name = run_name or f"lift-{config.adapter_hash()}-{int(time.time() * 1000)}"
     storage_path = (Path(config.work_dir) / "ray_train").resolve()
     trainer = TorchTrainer(
@@ -226,7 +215,7 @@ def train_documents_on_ray(
             "config": config.model_dump(mode="json"),
             "jobs": ray.put(jobs),
             "collector": collector,
-            "streaming": stream is not None,
+            "feed": feed,
             "kill_once_marker": kill_once_marker,
         },
         scaling_config=ray.train.ScalingConfig(
@@ -239,8 +228,6 @@ def train_documents_on_ray(
             storage_path=str(storage_path),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
         ),
-        datasets={"train": stream} if stream is not None else None,
-        dataset_config=_StreamingDataConfig.make(),
     )
     error = None
     try:
@@ -248,6 +235,11 @@ def train_documents_on_ray(
     except Exception as exc:  # the documents that finished before it are still published
         log.exception("training run %s failed", run_name)
         error = f"{type(exc).__name__}: {exc}"
+    finally:
+        stop_pump.set()
+    if pump is not None:
+        pump.join()
+        ray.kill(feed)
     results = ray.get(collector.results.remote())
     for doc_id, count in ray.get(collector.publishes.remote()).items():
         results[doc_id]["publishes"] = count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from lift_ray import bench
 from lift_ray.chat_stub import ChatStub
 from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
-from lift_ray.documents import validate_doc_id
+from lift_ray.documents import Document, validate_doc_id
 from lift_ray.eval import niah
 from lift_ray.eval.harness import (
     CUT_MARKER,
@@ -34,7 +35,8 @@ from lift_ray.eval.harness import (
     truncated_context,
     write_eval_results,
 )
-from lift_ray.eval.runner import merge_eval_runs, method_config, run_eval
+from lift_ray.eval.runner import merge_eval_runs, method_config, run_eval, train_adapters
+from lift_ray.pipeline import DocumentReport
 
 
 @pytest.fixture(scope="module")
@@ -538,3 +540,23 @@ def test_merged_runs_keep_docqa_from_one_run_and_niah_cells_from_later_runs():
     assert "niah_grid" not in merged["base"]
     assert merged["icl"]["note"].startswith("document QA not run") and "f1" not in merged["icl"]
     assert set(merged) == {"lift", "base", "icl"}
+
+
+def test_training_time_is_per_document_trained_and_none_when_all_were_already_published():
+    documents = [Document.from_text(f"doc{i}", "Some text.") for i in range(3)]
+
+    def lift_two_skip_one(docs, config):
+        time.sleep(0.3)
+        return [DocumentReport(d.doc_id, "skipped" if i == 0 else "published") for i, d in enumerate(docs)]
+
+    def skip_all(docs, config):
+        return [DocumentReport(d.doc_id, "skipped") for d in docs]
+
+    def fail_one(docs, config):
+        return [DocumentReport(docs[0].doc_id, "failed", error="empty document")]
+
+    seconds = train_adapters(documents, LiftConfig(), lift_two_skip_one)
+    assert seconds is not None and 0.15 <= seconds < 1.0  # 0.3 s over the 2 trained, not the 3 asked for
+    assert train_adapters(documents, LiftConfig(), skip_all) is None
+    with pytest.raises(RuntimeError, match="empty document"):
+        train_adapters(documents, LiftConfig(), fail_one)

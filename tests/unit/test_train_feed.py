@@ -1,0 +1,45 @@
+"""RowFeed: the log of generated rows that training workers read their shares from."""
+
+from __future__ import annotations
+
+from lift_ray.train.feed import RowFeed
+
+
+def rows(doc_id: str, count: int) -> list[dict]:
+    return [{"doc_id": doc_id, "sentence_index": i} for i in range(count)]
+
+
+def read_all(feed: RowFeed, rank: int, world_size: int) -> tuple[list[dict], bool]:
+    cursor, got, finished = 0, [], False
+    while not finished:
+        batch, next_cursor, finished, _ = feed.read(cursor, rank, world_size, max_rows=2)
+        got += batch
+        if next_cursor == cursor:
+            break
+        cursor = next_cursor
+    return got, finished
+
+
+def test_each_row_goes_to_exactly_one_rank_and_the_end_is_seen_after_the_last_row():
+    feed = RowFeed()
+    feed.append(rows("a", 5))
+    feed.append(rows("b", 2))
+    shares = [read_all(feed, rank, 3)[0] for rank in range(3)]
+    assert sorted(len(share) for share in shares) == [2, 2, 3]
+    assert sorted((r["doc_id"], r["sentence_index"]) for share in shares for r in share) == sorted(
+        [("a", i) for i in range(5)] + [("b", i) for i in range(2)]
+    )
+    assert read_all(feed, 0, 3)[1] is False  # not finished: more rows may come
+    feed.finish()
+    assert read_all(feed, 0, 3)[1] is True
+    assert feed.read(0, 0, 1)[1:] == (7, True, None)
+
+
+def test_a_restarted_reader_gets_every_unpublished_row_again():
+    feed = RowFeed()
+    feed.append(rows("a", 3) + rows("b", 3))
+    feed.finish()
+    assert len(read_all(feed, 0, 1)[0]) == 6
+    feed.forget("a")
+    again, finished = read_all(feed, 0, 1)
+    assert finished and [r["doc_id"] for r in again] == ["b", "b", "b"]
