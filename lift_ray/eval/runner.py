@@ -353,6 +353,8 @@ def merge_eval_runs(
     for method in METHOD_NAMES:
         entry = {key: value for key, value in docqa.get(method, {}).items() if key not in (*_NIAH_FIELDS, "note")}
         notes = [f"document QA from run {docqa_name}" if method in docqa else "document QA not run"]
+        if docqa.get(method, {}).get("note"):
+            notes[0] += f" ({docqa[method]['note']})"
         grid: dict[str, float] = {}
         niah_train: float | None = None
         for run_name, run in niah_runs.items():
