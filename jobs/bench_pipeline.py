@@ -4,7 +4,7 @@
                                             [--config lift.yaml] [--set key=value ...]
 
 On one local Ray instance, with the configured engine and settings (defaults: 2 epochs, m=2, small
-invented-fact documents, so it stays around 15 minutes on 2 cores):
+invented-fact documents, so it stays around 10 minutes on 2 cores):
 
 1. generate-then-train (`train.pipeline=sequential`) and pipelined (`streaming`) LIFT of the same
    document, each in a fresh namespace (no cache): wall times, their ratio, and how close the
@@ -322,6 +322,8 @@ def main() -> None:
         "pipeline",
         f"## Pipeline: training while generating (`jobs/bench_pipeline.py`)\n\n{figures['device']}; engine "
         f"{figures['engine']}; {figures['settings']}.\n\n{markdown_table(['measure', 'value'], rows)}\n\n"
+        "What limits these figures on this machine, and what the bulk figures mean for a bulk job: "
+        "[training.md](training.md#what-the-pipelined-time-can-be-and-what-this-machine-shows).\n\n"
         "![TTFT vs document length](results/pipeline_ttft.png)\n",
     )
     print(f"wrote {RESULTS_DIR / 'pipeline.json'}")
