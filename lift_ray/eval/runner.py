@@ -424,7 +424,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def eval_command(args: argparse.Namespace) -> int:
     """`lift-ray eval`: run, write docs/results/<name>.json and NIAH heatmaps, print the table; 0, or 2 on
     bad arguments."""
-
     try:
         methods = [get_method(name) for name in args.methods]
         for name in args.niah_methods or []:
