@@ -124,6 +124,16 @@ def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list
     return by_document
 
 
+def sentence_count(document: Document, config: LiftConfig) -> int:
+    """How many sentence rows (one QA prompt each) the document splits into."""
+    return len(sentence_rows(document, config.sentences.context_chars, config.sentences.max_sentence_chars))
+
+
+def missing_sentences(rows: list[dict[str, Any]], document: Document, config: LiftConfig) -> int:
+    """How many of the document's sentences a QA cache has no row for (0: complete)."""
+    return max(0, sentence_count(document, config) - len({int(r["sentence_index"]) for r in rows}))
+
+
 def _count_generation(report: DocumentReport, rows: list[dict[str, Any]]) -> None:
     for name, value in generation_counters(rows).items():
         setattr(report, name, value)
@@ -246,11 +256,16 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
         if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
             known_rows[document.doc_id] = []
             reports[document.doc_id].timings["generate_s"] = 0.0
-        elif store.exists(cache_key):
-            known_rows[document.doc_id] = read_json_lines(store, cache_key)
+            continue
+        cached = read_json_lines(store, cache_key) if store.exists(cache_key) else None
+        missing = missing_sentences(cached, document, config) if cached is not None else 0
+        if cached is not None and not missing:
+            known_rows[document.doc_id] = cached
             reports[document.doc_id].timings["generate_s"] = 0.0
             log.info("%s: QA pairs read from cache %s", document.doc_id, store.child_uri(cache_key))
         else:
+            if missing:  # written by a run that was stopped in the middle of the document
+                log.warning("%s: QA cache lacks %d sentences; generating again", document.doc_id, missing)
             to_generate.append(document)
     streaming = config.train.pipeline == "streaming" and (not to_generate or streaming_fits(config))
     if to_generate and not streaming:
@@ -280,8 +295,8 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
             continue
         jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
     for document in to_generate:
-        expected = len(sentence_rows(document, config.sentences.context_chars, config.sentences.max_sentence_chars))
         cache_key = qa_cache_path(namespace, document, config)
+        expected = sentence_count(document, config)
         jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, None, expected, cache_key))
     stream = build_qa_stream(to_generate, config) if to_generate else None
     run_started = time.time()

@@ -86,4 +86,6 @@ def pump_rows(stream: Any, feed: Any, stop: threading.Event) -> None:
     except Exception as exc:  # the workers raise it; the run reports it
         log.exception("QA generation failed")
         error = f"{type(exc).__name__}: {exc}"
+    if not ray.is_initialized():  # the driver is shutting down (a stopped job): its actors go with it
+        return
     ray.get(feed.finish.remote(error))

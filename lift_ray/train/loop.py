@@ -454,8 +454,6 @@ class AdapterTrainer:
                 chosen, pool[:] = pool[:quota], pool[quota:]
                 self._run_step(chosen, losses, result)
             elif complete:
-                if stats[world] < job.expected_rows:
-                    log.warning("%s: stream ended after %d of %d rows", job.doc_id, stats[world], job.expected_rows)
                 return local_rows, losses
             else:
                 started = time.perf_counter()
@@ -492,6 +490,16 @@ class AdapterTrainer:
             if losses:
                 result.history.epoch_losses.append(sum(losses) / len(losses))
             first_epoch = 1
+            sentences = len({int(r["sentence_index"]) for r in rows})
+            if sentences < job.expected_rows:  # generation stopped early: train nothing, cache nothing
+                result.counters = generation_counters(rows)
+                result.status = "failed"
+                result.error = (
+                    f"QA generation ended after {sentences} of {job.expected_rows} sentences "
+                    "(not cached: the next run generates this document again)"
+                )
+                log.warning("%s: %s", job.doc_id, result.error)
+                return result
         else:
             rows = job.rows
         result.timings["qa_ready_at"] = time.time()

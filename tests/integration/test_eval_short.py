@@ -17,7 +17,7 @@ from lift_ray.config import LiftConfig
 from lift_ray.documents import read_document_file
 from lift_ray.eval.harness import DOCQA_DIR, GENERAL_FILE, METHOD_NAMES, RESULT_FIELDS, eval_results, get_method
 from lift_ray.eval.runner import method_config, run_eval
-from lift_ray.pipeline import qa_cache_path
+from lift_ray.pipeline import qa_cache_path, sentence_count
 from lift_ray.storage import Store, write_json_lines
 
 from .conftest import TEST_OVERRIDES
@@ -88,9 +88,14 @@ def test_short_eval_lift_answers_what_the_base_model_cannot(
     document = read_document_file(short_data / f"{DOC_ID}.txt")
     config: LiftConfig = method_config(get_method("lift"), None, overrides)
     pairs = [{"question": q, "answer": answer} for answer, questions in TRAINING_PAIRS.items() for q in questions]
-    cache_row = {"doc_id": DOC_ID, "sentence_index": 0, "qa_json": json.dumps(pairs)}
+    # The QA cache as a run writes it, one row per sentence (a cache missing sentences is generated again);
+    # the hand-written pairs all go in the first row.
+    cache_rows = [
+        {"doc_id": DOC_ID, "sentence_index": i, "qa_json": json.dumps(pairs if i == 0 else [])}
+        for i in range(sentence_count(document, config))
+    ]
     write_json_lines(
-        Store.from_uri(config.storage.root), qa_cache_path(config.storage.namespace, document, config), [cache_row]
+        Store.from_uri(config.storage.root), qa_cache_path(config.storage.namespace, document, config), cache_rows
     )
 
     results = run_eval(

@@ -31,7 +31,9 @@ import pytest
 import yaml
 
 from lift_ray.config import LiftConfig, load_config
+from lift_ray.documents import Document
 from lift_ray.local_s3 import free_port
+from lift_ray.pipeline import missing_sentences
 
 from .conftest import TINY_GENERATOR, TINY_LORA, TINY_TRAIN
 
@@ -314,6 +316,18 @@ class Corpus:
         body = self.s3.get_object(Bucket=self.bucket, Key=f"lift/_reports/{run_id}/summary.json")["Body"].read()
         return json.loads(body)
 
+    def incomplete_qa_caches(self, config: LiftConfig) -> dict[str, int]:
+        """doc id -> sentences missing from its QA cache, for every cache that lacks some."""
+        incomplete = {}
+        for doc_id, text in self.documents.items():
+            prefix = f"lift/{self.namespace}/{doc_id}/qa/"
+            for item in self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix).get("Contents", []):
+                body = self.s3.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read().decode()
+                rows = [json.loads(line) for line in body.splitlines() if line.strip()]
+                if missing := missing_sentences(rows, Document.from_text(doc_id, text), config):
+                    incomplete[doc_id] = missing
+        return incomplete
+
     def check_adapter(self, doc_id: str, config_hash: str) -> dict[str, Any]:
         """The published adapter is complete and made from this document with this config; its manifest."""
         manifest = self.manifest(doc_id)
@@ -459,6 +473,7 @@ def test_stopped_job_resubmitted_finishes_the_rest_without_redoing_any(
     assert 1 <= len(before) < len(DOCUMENTS), f"stopped too late to prove anything: {sorted(before)}"
     time.sleep(2)
     assert corpus.published() == before
+    assert corpus.incomplete_qa_caches(config) == {}  # the stop cut generation short: nothing partial cached
 
     again = _submit(job_client, corpus, "stopped-resumed", s3_server)
     assert _wait(job_client, again) == "SUCCEEDED"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
-from lift_ray.pipeline import qa_cache_key, qa_cache_path
+from lift_ray.pipeline import missing_sentences, qa_cache_key, qa_cache_path, sentence_count
 
 DOCUMENT = Document.from_text("doc", "Anna lives in Oslo. She builds boats.")
 
@@ -55,3 +55,12 @@ def test_adapter_hash_changes_with_every_setting_that_changes_the_pairs(tmp_path
     ]
     assert adapter_hash() not in changed and len(set(changed)) == len(changed)
     assert adapter_hash() == adapter_hash("generator.batch_size=64", "generator.sentence_cache=true")
+
+
+def test_a_cache_missing_sentences_is_told_apart_from_a_complete_one():
+    config = LiftConfig()
+    assert sentence_count(DOCUMENT, config) == 2
+    rows = [{"doc_id": "doc", "sentence_index": i, "qa_json": "[]"} for i in range(2)]
+    assert missing_sentences(rows, DOCUMENT, config) == 0
+    assert missing_sentences(rows[:1] + rows[:1], DOCUMENT, config) == 1  # a repeated row is not a sentence
+    assert missing_sentences([], DOCUMENT, config) == 2

@@ -124,6 +124,32 @@ def test_epoch_one_trains_on_rows_as_they_arrive_and_later_epochs_reuse_them(tin
     assert result.timings["wait_s"] > 0.5  # and waited for the producer in between
 
 
+def test_a_stream_that_ends_before_every_sentence_arrived_fails_the_document_and_caches_nothing(
+    tiny_model_dir: Path,
+) -> None:
+    """A stopped job's generator may end its stream early; the partial QA must not be cached as complete."""
+    trainer = AdapterTrainer(tiny_model_dir, _config(**{"train.poll_s": 0.01}))
+    rows = _rows("doc", FACTS)
+    cached: list[list[dict[str, Any]]] = []
+    adapters: list[str] = []
+    result = trainer.train_document(
+        DocumentJob("doc", expected_rows=len(rows)),
+        BufferedRowSource(iter(rows[:4])),  # 4 of 6 sentences, then the end
+        on_rows=lambda _j, r: cached.append(r),
+        on_adapter=lambda job, _dir, _r: adapters.append(job.doc_id) or {},
+    )
+    assert result.status == "failed"
+    assert result.error is not None and "4 of 6 sentences" in result.error
+    assert result.counters["sentences"] == 4
+    assert cached == [] and adapters == []  # nothing cached, nothing published
+
+    duplicated = AdapterTrainer(tiny_model_dir, _config(**{"train.poll_s": 0.01}))
+    again = duplicated.train_document(
+        DocumentJob("doc", expected_rows=len(rows)), BufferedRowSource(iter(rows[:5] + rows[:1]))
+    )  # a retried generator task repeats a row: six rows, five sentences
+    assert again.status == "failed" and "5 of 6 sentences" in (again.error or "")
+
+
 def test_each_document_gets_a_fresh_adapter_on_the_same_base_model(tiny_model_dir: Path) -> None:
     config = _config()
     first, second = _rows("first", FACTS[:4]), _rows("second", FACTS[2:])
