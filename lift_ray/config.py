@@ -185,6 +185,13 @@ class TrainSettings(_Section):
     use_gpu: bool = False
     max_failures: int = Field(2, ge=0, description="worker-group restarts (Ray Train FailureConfig) before giving up")
     poll_s: float = Field(0.05, gt=0, description="how long workers sleep when no batch is ready in epoch 1")
+    health_check_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="how often Ray Train's controller polls its workers (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, "
+        "Ray's default 2 s): a run ends, and a dead worker is noticed, within this time; the environment "
+        "variable wins if set",
+    )
 
 
 # Presets fill in whatever a config does not set explicitly (YAML, overrides or constructor arguments win).

@@ -16,6 +16,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ray.train.report({"documents": len(jobs)})
 
 
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@contextmanager
+def controller_poll_interval(seconds: float) -> Iterator[None]:
+    """Ray Train's controller polls its workers every `seconds` in runs started inside (unless the env var is set).
+
+    The controller notices that the training function returned only at its next poll, and Ray's default of
+    2 s costs each run about 3 s at its end (measured: 4.0 s from the workers returning to `fit()` returning,
+    1.0 s at 0.1 s); `fit()` hands the variable on to the controller it starts.
+    """
+    if HEALTH_CHECK_ENV in os.environ:
+        yield
+        return
+    os.environ[HEALTH_CHECK_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(HEALTH_CHECK_ENV, None)
+
+
 def train_documents_on_ray(
     config: LiftConfig,
     jobs: list[DocumentJob],
@@ -231,7 +254,8 @@ def train_documents_on_ray(
     )
     error = None
     try:
-        trainer.fit()
+        with controller_poll_interval(config.train.health_check_interval_s):
+            trainer.fit()
     except Exception as exc:  # the documents that finished before it are still published
         log.exception("training run %s failed", run_name)
         error = f"{type(exc).__name__}: {exc}"

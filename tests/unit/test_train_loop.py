@@ -1,6 +1,7 @@
 """Training mechanics without Ray: the embedded model for learning, a tiny random Llama for the rest."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -67,3 +68,19 @@ def test_same_seed_gives_the_same_adapter(tiny_model_dir, tmp_path):
     train_adapter_locally(tiny_model_dir, PAIRS, config, tmp_path / "b")
     first, second = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("a", "b"))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_controller_poll_interval_is_set_for_the_run_unless_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lift_ray.train.trainer import HEALTH_CHECK_ENV, controller_poll_interval
+
+    monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
+    with controller_poll_interval(0.25):
+        assert os.environ[HEALTH_CHECK_ENV] == "0.25"
+    assert HEALTH_CHECK_ENV not in os.environ  # not left behind for other code in the process
+
+    monkeypatch.setenv(HEALTH_CHECK_ENV, "5")
+    with controller_poll_interval(0.25):
+        assert os.environ[HEALTH_CHECK_ENV] == "5"  # the user's value wins
+    assert os.environ[HEALTH_CHECK_ENV] == "5"
