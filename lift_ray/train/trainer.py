@@ -163,7 +163,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for job in jobs:
         if job.doc_id in finished:
             if job.rows is None:
-                source.take(job.doc_id)  # regenerated rows of a finished document: dropped
+                source.take(job.doc_id)  # the feed still holds rows of a document that failed: dropped
             continue
         result = trainer.train_document(
             job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
