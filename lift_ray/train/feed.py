@@ -27,13 +27,21 @@ class RowFeed:
     def __init__(self) -> None:
         self._rows: list[dict[str, Any] | None] = []
         self._positions: dict[str, list[int]] = {}
+        self._seen: set[tuple[str, int]] = set()
         self._done = False
         self._error: str | None = None
 
     def append(self, rows: list[dict[str, Any]]) -> int:
-        """Add rows at the end; returns how many the feed has received in all."""
+        """Add rows at the end, dropping repeats of a sentence (a retried generator task can emit a block twice).
+
+        Returns how many rows the feed holds positions for.
+        """
         for row in rows:
-            self._positions.setdefault(str(row["doc_id"]), []).append(len(self._rows))
+            doc_id, sentence = str(row["doc_id"]), int(row["sentence_index"])
+            if (doc_id, sentence) in self._seen:
+                continue
+            self._seen.add((doc_id, sentence))
+            self._positions.setdefault(doc_id, []).append(len(self._rows))
             self._rows.append(row)
         return len(self._rows)
 

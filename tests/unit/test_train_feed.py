@@ -43,3 +43,16 @@ def test_a_restarted_reader_gets_every_unpublished_row_again():
     feed.forget("a")
     again, finished = read_all(feed, 0, 1)
     assert finished and [r["doc_id"] for r in again] == ["b", "b", "b"]
+
+
+def test_a_sentence_row_that_comes_twice_is_fed_once() -> None:
+    feed = RowFeed()
+    feed.append(rows("a", 3))
+    feed.append(rows("a", 2) + rows("b", 1))  # a retried generator task emits its block again
+    feed.finish()
+    got, finished = read_all(feed, 0, 1)
+    assert finished
+    assert [(r["doc_id"], r["sentence_index"]) for r in got] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    feed.forget("a")
+    feed.append(rows("a", 1))  # and after its document was published
+    assert [r["doc_id"] for r in read_all(feed, 0, 1)[0]] == ["b"]
