@@ -15,11 +15,10 @@ def test_rows_reach_the_reader_while_later_rows_are_still_being_generated(ray_cl
 
     def slow_generator(batch: dict) -> dict:
         time.sleep(1.0)
-        return {"doc_id": batch["doc_id"], "generated_at": [time.time()] * len(batch["doc_id"])}
+        return {**batch, "generated_at": [time.time()] * len(batch["doc_id"])}
 
-    stream = ray.data.from_items([{"doc_id": f"d{i}"} for i in range(4)], override_num_blocks=4).map_batches(
-        slow_generator, batch_size=1, concurrency=1
-    )
+    items = [{"doc_id": f"d{i}", "sentence_index": 0} for i in range(4)]
+    stream = ray.data.from_items(items, override_num_blocks=4).map_batches(slow_generator, batch_size=1, concurrency=1)
     feed = ray.remote(num_cpus=0)(RowFeed).remote()
     pump = threading.Thread(target=pump_rows, args=(stream, feed, threading.Event()))
     pump.start()
@@ -36,7 +35,7 @@ def test_a_failed_generation_reaches_the_readers_with_its_reason(ray_cluster):
     def broken_generator(batch: dict) -> dict:
         raise ValueError("generator actor died")
 
-    stream = ray.data.from_items([{"doc_id": "a"}]).map_batches(broken_generator)
+    stream = ray.data.from_items([{"doc_id": "a", "sentence_index": 0}]).map_batches(broken_generator)
     feed = ray.remote(num_cpus=0)(RowFeed).remote()
     pump_rows(stream, feed, threading.Event())
     with pytest.raises(RuntimeError, match="generator actor died"):
