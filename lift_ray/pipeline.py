@@ -27,7 +27,7 @@ from lift_ray.storage import (
     read_manifest,
     write_json_lines,
 )
-from lift_ray.train.dataset import generation_counters, qa_pairs_from_rows
+from lift_ray.train.dataset import distinct_sentences, generation_counters, qa_pairs_from_rows
 from lift_ray.train.loop import DocumentJob
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def sentence_count(document: Document, config: LiftConfig) -> int:
 
 def missing_sentences(rows: list[dict[str, Any]], document: Document, config: LiftConfig) -> int:
     """How many of the document's sentences a QA cache has no row for (0: complete)."""
-    return max(0, sentence_count(document, config) - len({int(r["sentence_index"]) for r in rows}))
+    return max(0, sentence_count(document, config) - distinct_sentences(rows))
 
 
 def _count_generation(report: DocumentReport, rows: list[dict[str, Any]]) -> None:

@@ -88,6 +88,11 @@ def raw_segments(tokenizer: Any, text: str, length: int) -> list[dict[str, list[
     return [{"input_ids": ids[s : s + length], "labels": ids[s : s + length]} for s in segment_starts(len(ids), length)]
 
 
+def distinct_sentences(rows: Iterable[dict[str, Any]]) -> int:
+    """How many different sentences `rows` cover (a sentence's row may come twice)."""
+    return len({int(row["sentence_index"]) for row in rows})
+
+
 def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     """What the generator did for a document's sentence rows (for its report)."""
     rows = list(rows)

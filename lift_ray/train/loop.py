@@ -28,6 +28,7 @@ from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
     IGNORE_INDEX,
     collate,
+    distinct_sentences,
     generation_counters,
     qa_pairs_from_rows,
     raw_segments,
@@ -490,7 +491,7 @@ class AdapterTrainer:
             if losses:
                 result.history.epoch_losses.append(sum(losses) / len(losses))
             first_epoch = 1
-            sentences = len({int(r["sentence_index"]) for r in rows})
+            sentences = distinct_sentences(rows)
             if sentences < job.expected_rows:  # generation stopped early: train nothing, cache nothing
                 result.counters = generation_counters(rows)
                 result.status = "failed"
