@@ -103,6 +103,10 @@ def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
         # Serve replicas on a small node (with 2 CPUs it deadlocked behind them).
         num_cpus=SPLIT_TASK_CPUS,
     )
+    # One block per generator batch. A map task emits its output block when its whole input block is done,
+    # and the split emits one block per document: without this, a document's QA reached the trainer only
+    # once all of its sentences were generated, and training overlapped generation only across documents.
+    sentences = sentences.repartition(target_num_rows_per_block=settings.batch_size, strict=True)
     return sentences.map_batches(
         QAGeneratorActor,
         fn_constructor_kwargs={"config": config},

@@ -86,7 +86,8 @@ def pump_rows(stream: Any, feed: Any, stop: threading.Event) -> None:
 
     error = None
     try:
-        for batch in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
+        # prefetch_batches=0: with Ray Data's default of 1, a block reached the feed only once the next was made
+        for batch in stream.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             ray.get(feed.append.remote(batch.to_pylist()))
             if stop.is_set():
                 error = "the training run ended before generation finished"

@@ -40,3 +40,41 @@ def test_a_failed_generation_reaches_the_readers_with_its_reason(ray_cluster):
     pump_rows(stream, feed, threading.Event())
     with pytest.raises(RuntimeError, match="generator actor died"):
         list(feed_rows(feed, rank=0, world_size=1))
+
+
+def test_one_documents_qa_reaches_the_reader_batch_by_batch(ray_cluster, lift_config):
+    """The real QA stream over one document, pumped into a feed: each generator batch is read as soon as it is made.
+
+    (The split emits one block per document, and Ray Data's iterator held each block until the next was made:
+    a document's QA reached the trainer only once all of it was generated.)
+    """
+    import ray
+
+    from lift_ray.chat_stub import ChatStub, serving
+    from lift_ray.documents import Document
+    from lift_ray.pipeline import build_qa_stream, sentence_count
+
+    document = Document.from_text("six", " ".join(f"Fact number {i} is that {i} plus {i} is {2 * i}." for i in range(6)))
+    stub = ChatStub(delay_s=1.5)  # well above Ray Data's lag in handing a block on
+    with serving() as start:
+        generator = lift_config.generator.model_copy(
+            update={
+                "engine": "openai",
+                "openai": lift_config.generator.openai.model_copy(update={"base_url": start(stub)}),
+                "batch_size": 2,
+                "max_retries": 0,
+                "answer_aware": "off",
+                "verify_answers": False,
+                "sentence_cache": False,
+            }
+        )
+        config = lift_config.model_copy(update={"generator": generator})
+        assert sentence_count(document, config) == 6
+        feed = ray.remote(num_cpus=0)(RowFeed).remote()
+        pump = threading.Thread(target=pump_rows, args=(build_qa_stream([document], config), feed, threading.Event()))
+        pump.start()
+        arrivals = [(time.time(), len(stub.bodies)) for _ in feed_rows(feed, rank=0, world_size=1, poll_s=0.02)]
+        pump.join()
+    assert len(arrivals) == 6 and len(stub.bodies) == 6  # one request per sentence, no retries
+    assert arrivals[0][1] < 6  # the first rows were read before the last batch was asked for
+    assert arrivals[-1][0] - arrivals[0][0] >= 1.5  # ... at least one batch's latency before the last rows
