@@ -54,7 +54,8 @@ def test_one_documents_qa_reaches_the_reader_batch_by_batch(ray_cluster, lift_co
     from lift_ray.documents import Document
     from lift_ray.pipeline import build_qa_stream, sentence_count
 
-    document = Document.from_text("six", " ".join(f"Fact number {i} is that {i} plus {i} is {2 * i}." for i in range(6)))
+    text = " ".join(f"Fact number {i} is that {i} plus {i} is {2 * i}." for i in range(6))
+    document = Document.from_text("six", text)
     stub = ChatStub(delay_s=1.5)  # well above Ray Data's lag in handing a block on
     with serving() as start:
         generator = lift_config.generator.model_copy(
