@@ -12,12 +12,13 @@ invented-fact documents, so it stays around 10 minutes on 2 cores):
 2. TTFT (document in → adapter published, i.e. servable) of pipelined LIFT at a few document lengths;
 3. bulk: the documents of 1-2 again from their QA caches (`--bulk-copies` times each, as distinct
    documents, so the run is long enough to stand for a bulk job) in one TorchTrainer run, against a bare
-   PyTorch loop (same `AdapterTrainer`, one process, same cores) on the same work. Fixed per-document
-   overhead = time in a document's training that is not optimizer steps or waiting for data (fresh
-   adapter, gathering rows, saving, publishing) over its step time; Ray Train overhead = (Ray run wall
-   − bare loop wall) / bare loop wall, both including model start-up; Ray Train start-up = from `fit()`
-   to the workers entering the training function (worker processes, imports, process group), paid once
-   per run;
+   PyTorch data-parallel loop on the same work (`bare_data_parallel`: the same ranks and threads, a gloo
+   process group set up by hand, the same `AdapterTrainer` and publishing, fresh processes). Fixed
+   per-document overhead = time in a document's training that is not optimizer steps or waiting for data
+   (fresh adapter, gathering rows, saving, publishing) over its step time; Ray Train overhead = (Ray run
+   wall − bare run wall) / bare run wall, both from launch to the last adapter published and the processes
+   gone; Ray Train start-up = from `fit()` to the workers entering the training function (worker
+   processes, imports, process group), paid once per run;
 4. a generator on other hardware (`--remote-epochs`, default 1): on this machine both stages share the
    same 2 cores, so overlapping them cannot do more work per second. A cluster gives the generator its
    own GPUs; the stand-in for that is an OpenAI-compatible server on loopback (`lift_ray.chat_stub`) that
@@ -25,7 +26,8 @@ invented-fact documents, so it stays around 10 minutes on 2 cores):
    latency and uses no CPU meanwhile. Latency per request batch is set so that generation alone costs
    about what training alone costs at `--remote-epochs` (1's training time with its optimizer steps
    scaled to that many epochs): the issue's "stages cost about the same". Generate-then-train and
-   pipelined then run as in 1, with `generator.engine=openai`.
+   pipelined then run as in 1, with `generator.engine=openai` and `--remote-batch-size` sentences per
+   batch (default 1: a server with continuous batching answers each request as it finishes).
 
 Writes docs/results/pipeline.json, docs/results/pipeline_ttft.png and the `pipeline` table in
 docs/benchmarks.md. Not a test: compare ratios from one run.
@@ -104,15 +106,60 @@ def cached_jobs(base: LiftConfig, documents: dict[str, tuple[Document, str]], co
     return [dataclasses.replace(job, doc_id=f"{job.doc_id}-{copy}") for copy in range(copies) for job in jobs]
 
 
-def bare_loop(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
-    """The same documents through AdapterTrainer in this process (no Ray), with every core."""
-    import torch
+def _bare_rank(
+    rank: int, world_size: int, port: int, config_json: dict[str, Any], jobs: list[DocumentJob], out: str
+) -> None:
+    """One rank of the bare data-parallel loop: torch.distributed by hand, the workers' code without Ray."""
+    import json
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
-    started = time.perf_counter()
-    trainer = AdapterTrainer(resolve_base_model(base.model.base_model, Path(base.model.cache_dir)), base)
-    results = [trainer.train_document(job, on_adapter=lambda *_: {}) for job in jobs]
-    return {"wall_s": time.perf_counter() - started, "compute_s": sum(r.timings["compute_s"] for r in results)}
+    import torch
+    import torch.distributed as dist
+
+    from lift_ray.train.loop import TorchCollective
+    from lift_ray.train.trainer import StorePublisher
+
+    config = LiftConfig.model_validate(config_json)
+    torch.set_num_threads(config.train.threads_per_worker)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    model_dir = resolve_base_model(config.model.base_model, Path(config.model.cache_dir))
+    trainer = AdapterTrainer(model_dir, config, TorchCollective())
+    publisher = StorePublisher(config) if rank == 0 else None
+    results = [trainer.train_document(job, on_adapter=publisher.adapter if publisher else None) for job in jobs]
+    if rank == 0:
+        Path(out).write_text(json.dumps([{"status": r.status, **r.timings} for r in results]))
+    dist.destroy_process_group()
+
+
+def bare_data_parallel(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
+    """The Ray run's work without Ray: the same ranks, threads, gloo process group, training and publishing.
+
+    `train.num_workers` processes started fresh (spawn), as Ray starts its workers, so the wall time includes
+    interpreter start-up, imports and model loading as the Ray run's does.
+    """
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    config = _config(base, "bulk-bare", "sequential")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    world = config.train.num_workers
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/results.json"
+        started = time.perf_counter()
+        mp.start_processes(
+            _bare_rank,
+            args=(world, port, config.model_dump(mode="json"), jobs, out),
+            nprocs=world,
+            start_method="spawn",
+        )
+        wall = time.perf_counter() - started
+        results = json.loads(Path(out).read_text())
+    if [r["status"] for r in results] != ["published"] * len(jobs):
+        raise RuntimeError(f"bare data-parallel run failed: {results}")
+    return {"wall_s": wall, "compute_s": sum(r["compute_s"] for r in results)}
 
 
 def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
@@ -218,8 +265,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sentences", type=int, default=8, help="length of the main document")
     parser.add_argument("--ttft-lengths", default="4,16", help="more document lengths (sentences) for the TTFT plot")
-    parser.add_argument("--bulk-copies", type=int, default=3, help="each document this many times in the bulk run")
+    parser.add_argument("--bulk-copies", type=int, default=6, help="each document this many times in the bulk run")
     parser.add_argument("--remote-epochs", type=int, default=1, help="epochs of the remote-generator runs (0: skip)")
+    parser.add_argument("--remote-batch-size", type=int, default=1, help="sentences per remote-generator batch")
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
@@ -263,16 +311,19 @@ def main() -> None:
         remote = None
         if args.remote_epochs:
             [main_job] = cached_jobs(base, {main_doc.doc_id: documents[main_doc.doc_id]}, 1)
-            batches = math.ceil(len(main_job.rows or []) / base.generator.batch_size)
+            batches = math.ceil(len(main_job.rows or []) / args.remote_batch_size)
             # training alone at --remote-epochs: the measured run's start-up and publishing, its steps scaled
             steps_s = sequential["report"]["timings"]["compute_s"]
             remote_training = training_only - steps_s * (1 - args.remote_epochs / base.train.epochs)
             latency = remote_training / batches
-            remote = remote_generator_runs(base, main_doc, main_job.rows or [], args.remote_epochs, latency)
+            remote_base = base.model_copy(
+                update={"generator": base.generator.model_copy(update={"batch_size": args.remote_batch_size})}
+            )
+            remote = remote_generator_runs(remote_base, main_doc, main_job.rows or [], args.remote_epochs, latency)
         jobs = cached_jobs(base, documents, args.bulk_copies)
         ray_bulk = bulk_on_ray(base, jobs)
         ray.shutdown()
-        bare = bare_loop(base, jobs)
+        bare = bare_data_parallel(base, jobs)
 
     fixed = sum(d["fixed_s"] for d in ray_bulk["per_doc"])
     compute = sum(d["compute_s"] for d in ray_bulk["per_doc"])
@@ -309,13 +360,13 @@ def main() -> None:
         ["generation alone / training alone (s)", f"{figures['generation_only_s']} / {figures['training_only_s']}"],
         ["pipelined / max(generation, training)", figures["pipelined_over_ideal"]],
         [
-            f"bulk: {len(jobs)} documents, one Ray Train run / bare loop (s)",
+            f"bulk: {len(jobs)} documents, one Ray Train run / bare torch.distributed run (s)",
             f"{figures['bulk_ray_wall_s']} / {figures['bulk_bare_wall_s']}",
         ],
         ["Ray Train start-up, once per run (s)", figures["ray_train_startup_s"]],
         ["fixed per-document overhead / step time", figures["per_doc_overhead_fraction"]],
-        ["Ray Train overhead vs bare PyTorch (wall, incl. start-up)", figures["ray_train_overhead_fraction"]],
-        ["Ray Train overhead vs bare PyTorch (optimizer steps only)", figures["ray_train_step_overhead_fraction"]],
+        ["Ray Train overhead vs bare torch.distributed (wall, incl. start-up)", figures["ray_train_overhead_fraction"]],
+        ["Ray Train overhead vs bare torch.distributed (steps only)", figures["ray_train_step_overhead_fraction"]],
     ]
     if remote:
         rows += [
