@@ -84,6 +84,21 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=True)
 
 
+def blocks_of(dataset: Any, rows: int, num_cpus: float) -> Any:
+    """`dataset` cut into blocks of `rows` rows as it streams (`repartition(target_num_rows_per_block=...)`).
+
+    Why: a map task hands its output on only when its whole input block is done, and the split emits one
+    block per document, so without this a document's QA reached the trainer only once all of it was
+    generated. The cutting tasks ask for `num_cpus`: `Dataset.repartition` takes no resources, and its
+    default of one CPU per task waits forever behind generator actors and trainer workers on a small node
+    (it hung a 2-CPU cluster), hence the one private field set here (Ray 2.60's `StreamingRepartition`).
+    """
+    cut = dataset.repartition(target_num_rows_per_block=rows, strict=True)
+    operator = cut._logical_plan.dag
+    object.__setattr__(operator, "ray_remote_args", {**operator.ray_remote_args, "num_cpus": num_cpus})
+    return cut
+
+
 def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
     """The lazy Ray Dataset of QA: documents → sentence rows → generator actors → rows with `qa_json`."""
     import ray.data
@@ -103,11 +118,7 @@ def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
         # Serve replicas on a small node (with 2 CPUs it deadlocked behind them).
         num_cpus=SPLIT_TASK_CPUS,
     )
-    # One block per generator batch. A map task emits its output block when its whole input block is done,
-    # and the split emits one block per document: without this, a document's QA reached the trainer only
-    # once all of its sentences were generated, and training overlapped generation only across documents.
-    sentences = sentences.repartition(target_num_rows_per_block=settings.batch_size, strict=True)
-    return sentences.map_batches(
+    return blocks_of(sentences, settings.batch_size, SPLIT_TASK_CPUS).map_batches(
         QAGeneratorActor,
         fn_constructor_kwargs={"config": config},
         batch_size=settings.batch_size,
@@ -197,6 +208,7 @@ def stage_resources(config: LiftConfig) -> dict[str, float]:
     generator, train = config.generator, config.train
     generator_cpus = generator.num_replicas * generator.num_cpus
     return {
+        # the split's and the block cutting's tasks are short and take turns in SPLIT_TASK_CPUS
         "CPU": generator_cpus + train.num_workers * train.cpus_per_worker + SPLIT_TASK_CPUS,
         "GPU": generator.num_replicas * generator.num_gpus + (train.num_workers if train.use_gpu else 0),
     }

@@ -79,3 +79,33 @@ def test_one_documents_qa_reaches_the_reader_batch_by_batch(ray_cluster, lift_co
     assert len(arrivals) == 6 and len(stub.bodies) == 6  # one request per sentence, no retries
     assert arrivals[0][1] < 6  # the first rows were read before the last batch was asked for
     assert arrivals[-1][0] - arrivals[0][0] >= 1.5  # ... at least one batch's latency before the last rows
+
+
+def test_cutting_into_batches_runs_beside_actors_that_hold_all_but_a_quarter_cpu(ray_cluster):
+    """`blocks_of`' tasks take the CPU they are given: `repartition`'s default of 1 CPU waited forever here."""
+    import ray
+
+    from lift_ray.pipeline import blocks_of
+
+    @ray.remote
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    spare = 0.3
+    holder = Holder.options(num_cpus=ray.available_resources()["CPU"] - spare).remote()
+    try:
+        ray.get(holder.ready.remote())
+        rows = ray.data.from_items([{"doc": 0}]).flat_map(lambda r: [{"i": i} for i in range(6)], num_cpus=0.25)
+        sizes: list[int] = []
+        reader = threading.Thread(
+            target=lambda: sizes.extend(
+                b.num_rows for b in blocks_of(rows, 2, 0.25).iter_batches(batch_size=None, batch_format="pyarrow")
+            ),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(timeout=120)
+        assert sizes == [2, 2, 2], "the cutting tasks did not run beside the actors"
+    finally:
+        ray.kill(holder)
