@@ -95,6 +95,8 @@ def blocks_of(dataset: Any, rows: int, num_cpus: float) -> Any:
     """
     cut = dataset.repartition(target_num_rows_per_block=rows, strict=True)
     operator = cut._logical_plan.dag
+    if type(operator).__name__ != "StreamingRepartition" or not hasattr(operator, "ray_remote_args"):
+        raise RuntimeError(f"this Ray's repartition plans {type(operator).__name__}: blocks_of needs updating")
     object.__setattr__(operator, "ray_remote_args", {**operator.ray_remote_args, "num_cpus": num_cpus})
     return cut
 
