@@ -307,19 +307,31 @@ RowsHook = Callable[[DocumentJob, list[dict[str, Any]]], None]
 AdapterHook = Callable[[DocumentJob, Path, DocumentResult], dict[str, Any]]
 
 
+# Configs whose forward rescales or caps the logits after the output layer: those models take the plain path.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of (weighted) next-token losses over the labelled tokens of a batch, and how many there were."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Sum of (weighted) next-token losses over the labelled tokens of a batch, and how many there were.
+
+    Logits are computed only at the positions that have a label: the output layer (a 49k-word vocabulary on
+    the embedded model) applied to every prompt and padding position, and its full-size fp32 copy, cost
+    more time and memory than the answers they are for.
+    """
     labels = batch["labels"][:, 1:]
-    losses = F.cross_entropy(
-        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(labels.shape)
-    if "weights" in batch:
-        losses = losses * batch["weights"][:, None].to(losses.dtype)
-    return losses.sum(), int((labels != IGNORE_INDEX).sum())
+    labelled = labels != IGNORE_INDEX
+    weights = batch["weights"][:, None].expand_as(labels)[labelled] if "weights" in batch else None
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(getattr(causal_lm.config, name, None) for name in _LOGIT_POSTPROCESSING):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1][labelled]
+    else:
+        hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = causal_lm.get_output_embeddings()(hidden.last_hidden_state[:, :-1][labelled])
+    losses = F.cross_entropy(logits.float(), labels[labelled], reduction="none")
+    if weights is not None:
+        losses = losses * weights.to(losses.dtype)
+    return losses.sum(), int(labelled.sum())
 
 
 class AdapterTrainer:

@@ -84,3 +84,41 @@ def test_the_controller_poll_interval_is_set_for_the_run_unless_the_user_set_it(
     with controller_poll_interval(0.25):
         assert os.environ[HEALTH_CHECK_ENV] == "5"  # the user's value wins
     assert os.environ[HEALTH_CHECK_ENV] == "5"
+
+
+def test_loss_on_labelled_positions_only_equals_the_loss_over_full_logits(tiny_model_dir):
+    import torch.nn.functional as F
+
+    from lift_ray.models import load_causal_lm
+    from lift_ray.train.dataset import IGNORE_INDEX
+    from lift_ray.train.loop import make_lora_model, token_loss_sum
+
+    torch.manual_seed(1)
+    model = make_lora_model(load_causal_lm(tiny_model_dir), _config().lora)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter, so that the LoRA path changes the logits
+            param.data.normal_(0, 0.05)
+    input_ids = torch.randint(0, 1000, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2, 9:] = 0
+    labels = input_ids.clone()
+    labels[:, :5] = IGNORE_INDEX
+    labels[2, 9:] = IGNORE_INDEX
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch["weights"] = torch.tensor([1.0, 0.5, 2.0])
+
+    loss, labelled = token_loss_sum(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="none")
+    reference = (full.view(3, 11) * batch["weights"][:, None]).sum()
+    reference.backward()
+
+    assert labelled == int((labels[:, 1:] != IGNORE_INDEX).sum()) == 18
+    assert torch.allclose(loss, reference, rtol=1e-5)
+    assert grads and grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            assert torch.allclose(grads[name], param.grad, rtol=1e-4, atol=1e-7), name
