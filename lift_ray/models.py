@@ -112,6 +112,19 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _untied_state(model: Any) -> dict[str, torch.Tensor]:
+    """The model's weights as `save_pretrained` writes them: a tied output layer is left to its embedding.
+
+    (vLLM, unlike transformers, takes a stored `lm_head.weight` over the tie and must not get a stray one.)
+    """
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    output = model.get_output_embeddings()
+    if getattr(model.config, "tie_word_embeddings", False) and output is not None:
+        names = {module: name for name, module in model.named_modules()}
+        state.pop(f"{names[output]}.weight", None)
+    return state
+
+
 def is_converted_model(folder: Path, marker: bool = True) -> bool:
     """A finished conversion: config, weights and tokenizer there (and the completion marker, if `marker`).
 
@@ -128,7 +141,7 @@ def is_converted_model(folder: Path, marker: bool = True) -> bool:
 
 def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint into an fp32 safetensors HF folder (model + tokenizer)."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
@@ -147,10 +160,12 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
     staging.mkdir(parents=True)
     # Not `model.save_pretrained`: where torch.distributed is initialised (a Ray Train worker converting on a
     # fresh node) it writes weights only on global rank 0 and silently skips them everywhere else.
-    config.save_pretrained(staging)
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = next(model.parameters()).dtype
+    model.config.save_pretrained(staging)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(staging)
-    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    save_file(_untied_state(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(staging)
     if not is_converted_model(staging, marker=False):
         raise ModelError(f"converting {gguf_file.name} left no config.json or weights in {staging}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -41,7 +42,15 @@ def test_a_non_zero_rank_converts_a_complete_model_and_repairs_a_folder_without_
     mp.start_processes(_convert_on_rank_one, args=(port, str(cache_dir)), nprocs=2, start_method="spawn")
 
     assert is_converted_model(broken)
+    # The weights file holds what transformers' own save_pretrained writes (a tied output layer left out: vLLM
+    # would take a stored lm_head.weight over the tie), and the same values as the driver's conversion.
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(broken).save_pretrained(tmp_path / "resaved")
     converted = load_file(broken / "model.safetensors")
+    resaved = load_file(tmp_path / "resaved" / "model.safetensors")
     reference = load_file(embedded_model_dir / "model.safetensors")
-    assert converted.keys() == reference.keys()
-    assert all(torch.equal(converted[k], reference[k]) for k in reference)
+    assert converted.keys() == resaved.keys() == reference.keys()
+    assert "lm_head.weight" not in converted
+    assert json.loads((broken / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert all(torch.equal(converted[k], resaved[k]) and torch.equal(converted[k], reference[k]) for k in reference)
