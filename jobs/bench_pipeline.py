@@ -18,7 +18,10 @@ invented-fact documents, so it stays around 13 minutes on 2 cores):
    (fresh adapter, gathering rows, saving, publishing) over its step time; Ray Train overhead = (Ray run
    wall − bare run wall) / bare run wall, both from launch to the last adapter published and the processes
    gone; Ray Train start-up = from `fit()` to the workers entering the training function (worker
-   processes, imports, process group), paid once per run;
+   processes, imports, process group), paid once per run. While both runs' steps run, the CPU of every
+   process on the machine is sampled (`ProcessCpuSampler`): the share of a core each training process got,
+   and the cores everything else used (Ray's own processes in the Ray run), which is where the steps' extra
+   time in the Ray run comes from on a machine whose cores the workers fill;
 4. a generator on other hardware (`--remote-epochs`, default 1): on this machine both stages share the
    same 2 cores, so overlapping them cannot do more work per second. A cluster gives the generator its
    own GPUs; the stand-in for that is an OpenAI-compatible server on loopback (`lift_ray.chat_stub`) that
@@ -45,7 +48,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
+from lift_ray.bench import (
+    RESULTS_DIR,
+    ProcessCpuSampler,
+    cpu_shares,
+    device_description,
+    markdown_table,
+    update_benchmarks_section,
+    write_results,
+)
 from lift_ray.chat_stub import ChatStub, replay_recorded_pairs, serving
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
@@ -130,6 +141,21 @@ def _bare_rank(
     dist.destroy_process_group()
 
 
+def steps_window(timings: list[dict[str, Any]]) -> tuple[float, float]:
+    """From the first document's training start to the last one's end (epoch seconds): where the steps ran."""
+    return min(t["started_at"] for t in timings), max(t["done_at"] for t in timings)
+
+
+def is_ray_train_worker(command: str) -> bool:
+    """A Ray Train worker process, by the title Ray gives it."""
+    return command.startswith("ray::RayTrainWorker")
+
+
+def is_bare_worker(command: str) -> bool:
+    """A process of `bare_data_parallel` (started by multiprocessing's spawn)."""
+    return "spawn_main" in command
+
+
 def bare_data_parallel(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
     """The Ray run's work without Ray: the same ranks, threads, gloo process group, training and publishing.
 
@@ -159,7 +185,7 @@ def bare_data_parallel(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, A
         results = json.loads(Path(out).read_text())
     if [r["status"] for r in results] != ["published"] * len(jobs):
         raise RuntimeError(f"bare data-parallel run failed: {results}")
-    return {"wall_s": wall, "compute_s": sum(r["compute_s"] for r in results)}
+    return {"wall_s": wall, "compute_s": sum(r["compute_s"] for r in results), "steps_window": steps_window(results)}
 
 
 def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
@@ -180,6 +206,7 @@ def bulk_on_ray(base: LiftConfig, jobs: list[DocumentJob]) -> dict[str, Any]:
     first = results[jobs[0].doc_id]
     return {
         "wall_s": wall,
+        "steps_window": steps_window([results[job.doc_id]["timings"] for job in jobs]),
         "per_doc": per_doc,
         "load_s": first["load_s"],
         "startup_s": first["worker_entered_at"] - started_at,
@@ -321,9 +348,13 @@ def main() -> None:
             )
             remote = remote_generator_runs(remote_base, main_doc, main_job.rows or [], args.remote_epochs, latency)
         jobs = cached_jobs(base, documents, args.bulk_copies)
-        ray_bulk = bulk_on_ray(base, jobs)
+        with ProcessCpuSampler() as sampler:
+            ray_bulk = bulk_on_ray(base, jobs)
+        ray_cpu = cpu_shares(sampler, *ray_bulk["steps_window"], is_ray_train_worker)
         ray.shutdown()
-        bare = bare_data_parallel(base, jobs)
+        with ProcessCpuSampler() as sampler:
+            bare = bare_data_parallel(base, jobs)
+        bare_cpu = cpu_shares(sampler, *bare["steps_window"], is_bare_worker)
 
     fixed = sum(d["fixed_s"] for d in ray_bulk["per_doc"])
     compute = sum(d["compute_s"] for d in ray_bulk["per_doc"])
@@ -348,6 +379,10 @@ def main() -> None:
         "per_doc_overhead_fraction": round(fixed / compute, 3),
         "ray_train_overhead_fraction": round((ray_bulk["wall_s"] - bare["wall_s"]) / bare["wall_s"], 3),
         "ray_train_step_overhead_fraction": round((compute - bare["compute_s"]) / bare["compute_s"], 3),
+        "bulk_ray_worker_cpu_share": ray_cpu["worker_cpu_share"],
+        "bulk_bare_worker_cpu_share": bare_cpu["worker_cpu_share"],
+        "bulk_ray_other_cpu_cores": ray_cpu["other_cpu_cores"],
+        "bulk_bare_other_cpu_cores": bare_cpu["other_cpu_cores"],
     }
     if remote:
         figures["remote_generator"] = remote
@@ -367,6 +402,14 @@ def main() -> None:
         ["fixed per-document overhead / step time", figures["per_doc_overhead_fraction"]],
         ["Ray Train overhead vs bare torch.distributed (wall, incl. start-up)", figures["ray_train_overhead_fraction"]],
         ["Ray Train overhead vs bare torch.distributed (steps only)", figures["ray_train_step_overhead_fraction"]],
+        [
+            "bulk steps: share of a core each worker got, Ray / bare",
+            f"{figures['bulk_ray_worker_cpu_share']} / {figures['bulk_bare_worker_cpu_share']}",
+        ],
+        [
+            "bulk steps: cores everything else on the machine used, Ray / bare",
+            f"{figures['bulk_ray_other_cpu_cores']} / {figures['bulk_bare_other_cpu_cores']}",
+        ],
     ]
     if remote:
         rows += [

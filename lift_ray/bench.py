@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +59,80 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _process_cpu_seconds() -> dict[int, tuple[float, str]]:
+    """Every process's CPU time so far (user + system, its exited threads included) and command line."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited meanwhile
+            continue
+        found[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / ticks, command)
+    return found
+
+
+class ProcessCpuSampler:
+    """Samples the CPU time of every process on this machine (Linux `/proc`) on a thread, every `interval_s`.
+
+    For benchmarks that need to know where a machine's CPU went during a window of a run: which share of a
+    core the measured processes got, and how much everything else took.
+    """
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, dict[int, tuple[float, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.time(), _process_cpu_seconds()))
+            if self._stop.wait(self.interval_s):
+                self.samples.append((time.time(), _process_cpu_seconds()))
+                return
+
+    def __enter__(self) -> ProcessCpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def usage(self, start: float, end: float) -> tuple[float, dict[int, tuple[float, str]]]:
+        """The sampled span inside [`start`, `end`] (epoch seconds) and each process's CPU seconds in it.
+
+        A process seen only after the span's first sample counts from zero; one that exited inside the span
+        counts up to the last sample that saw it.
+        """
+        inside = [(at, seen) for at, seen in self.samples if start <= at <= end]
+        if len(inside) < 2:
+            raise ValueError(f"fewer than two samples between {start} and {end}: sample more often")
+        (first_at, first), (last_at, _) = inside[0], inside[-1]
+        latest: dict[int, tuple[float, str]] = {}
+        for _, seen in inside:
+            latest.update(seen)
+        used = {pid: (cpu - first.get(pid, (0.0, ""))[0], command) for pid, (cpu, command) in latest.items()}
+        return last_at - first_at, used
+
+
+def cpu_shares(
+    sampler: ProcessCpuSampler, start: float, end: float, is_measured: Callable[[str], bool]
+) -> dict[str, float]:
+    """Between `start` and `end`: the mean share of a core each measured process got (by command line), and
+    the cores everything else on the machine used meanwhile."""
+    span, used = sampler.usage(start, end)
+    measured = [cpu for cpu, command in used.values() if is_measured(command)]
+    others = sum(cpu for cpu, command in used.values() if not is_measured(command))
+    if not measured:
+        raise ValueError("no measured process ran in the window")
+    return {
+        "worker_cpu_share": round(sum(measured) / len(measured) / span, 3),
+        "other_cpu_cores": round(others / span, 3),
+    }

@@ -1,0 +1,40 @@
+"""ProcessCpuSampler: where a machine's CPU went during a window, read from /proc."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lift_ray.bench import ProcessCpuSampler, cpu_shares
+
+BUSY = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass"
+
+
+def test_sampler_tells_a_busy_process_from_an_idle_one() -> None:
+    with ProcessCpuSampler(interval_s=0.2) as sampler:
+        busy = subprocess.Popen([sys.executable, "-c", BUSY, "busy-marker"])
+        idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2.5)", "idle-marker"])
+        start = time.time()
+        busy.wait()
+        idle.wait()
+        end = time.time()
+    span, used = sampler.usage(start, end)
+    assert 1.5 < span <= end - start
+    by_marker = {
+        marker: cpu for cpu, command in used.values() for marker in ("busy-marker", "idle-marker") if marker in command
+    }
+    assert by_marker["busy-marker"] > 0.5 * span
+    assert by_marker["idle-marker"] < 0.2 * span
+    shares = cpu_shares(sampler, start, end, lambda command: "busy-marker" in command)
+    assert shares["worker_cpu_share"] > 0.5
+    assert shares["other_cpu_cores"] >= 0.0
+
+
+def test_a_window_without_samples_is_an_error() -> None:
+    with ProcessCpuSampler(interval_s=0.2) as sampler:
+        time.sleep(0.5)
+    with pytest.raises(ValueError, match="fewer than two samples"):
+        sampler.usage(0.0, 1.0)
