@@ -27,6 +27,7 @@ import torch
 from lift_ray.config import LiftConfig
 from lift_ray.models import resolve_base_model
 from lift_ray.storage import Store, publish_adapter, write_json_lines
+from lift_ray.train.collector import ResultCollector
 from lift_ray.train.feed import RowFeed, feed_rows, pump_rows
 from lift_ray.train.loop import (
     AdapterTrainer,
@@ -39,34 +40,6 @@ from lift_ray.train.loop import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class ResultCollector:
-    """Outcome of every document of a run, as rank 0 reports it; survives worker-group restarts."""
-
-    def __init__(self) -> None:
-        self._results: dict[str, dict[str, Any]] = {}
-        self._publishes: dict[str, int] = {}
-        self.started_at = time.time()
-
-    def record(self, doc_id: str, result: dict[str, Any]) -> None:
-        """Keep `result` for `doc_id` (the last one wins) and count publishes."""
-        result = {**result, "recorded_at": time.time()}
-        self._results[doc_id] = result
-        if result.get("status") == "published":
-            self._publishes[doc_id] = self._publishes.get(doc_id, 0) + 1
-
-    def finished(self) -> list[str]:
-        """Documents with a final outcome (published, or failed for a reason of their own)."""
-        return list(self._results)
-
-    def results(self) -> dict[str, dict[str, Any]]:
-        """Every recorded outcome, by document id."""
-        return dict(self._results)
-
-    def publishes(self) -> dict[str, int]:
-        """How many times each document was published in this run."""
-        return dict(self._publishes)
 
 
 def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResult) -> dict[str, Any]:

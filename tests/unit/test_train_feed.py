@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from lift_ray.train.feed import RowFeed
 
 
@@ -56,3 +59,13 @@ def test_a_sentence_row_that_comes_twice_is_fed_once() -> None:
     feed.forget("a")
     feed.append(rows("a", 1))  # and after its document was published
     assert [r["doc_id"] for r in read_all(feed, 0, 1)[0]] == ["b"]
+
+
+def test_run_actors_start_without_importing_torch() -> None:
+    """RowFeed and ResultCollector processes import only their modules: no torch, transformers or peft."""
+    probe = (
+        "import sys, lift_ray.train.feed, lift_ray.train.collector\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
