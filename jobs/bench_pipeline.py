@@ -4,7 +4,7 @@
                                             [--config lift.yaml] [--set key=value ...]
 
 On one local Ray instance, with the configured engine and settings (defaults: 2 epochs, m=2, small
-invented-fact documents, so it stays around 13 minutes on 2 cores):
+invented-fact documents, so it stays around 9-13 minutes on 2 cores):
 
 1. generate-then-train (`train.pipeline=sequential`) and pipelined (`streaming`) LIFT of the same
    document, each in a fresh namespace (no cache): wall times, their ratio, and how close the
