@@ -49,10 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from lift_ray.bench import (
+    BENCH_DEFAULTS,
     RESULTS_DIR,
     ProcessCpuSampler,
     cpu_shares,
     device_description,
+    make_document,
     markdown_table,
     update_benchmarks_section,
     write_results,
@@ -64,27 +66,6 @@ from lift_ray.models import load_tokenizer, resolve_base_model
 from lift_ray.pipeline import lift_documents, qa_cache_path
 from lift_ray.storage import Store, read_json_lines
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
-
-BENCH_DEFAULTS = [
-    "train.epochs=2",
-    "generator.qa_per_sentence=2",
-    "generator.batch_size=4",
-    "train.num_workers=2",
-    "train.cpus_per_worker=0.5",
-    "generator.num_cpus=0.5",
-]
-PLACES = ["Caldry", "Morwen", "Tessel", "Brannock", "Ilvar", "Quenby", "Ostrel", "Pardith", "Sollen", "Vaske"]
-THINGS = ["bronze clock", "glass works", "salt mill", "river ferry", "copper bell", "stone bridge", "paper mill"]
-
-
-def make_document(doc_id: str, sentences: int) -> Document:
-    """A document of `sentences` invented facts (the base model cannot know them)."""
-    lines = [
-        f"The {THINGS[i % len(THINGS)]} of {PLACES[(i * 3) % len(PLACES)]} was built in {1801 + 7 * i} "
-        f"by a mason named {PLACES[(i * 7 + 1) % len(PLACES)]}son."
-        for i in range(sentences)
-    ]
-    return Document.from_text(doc_id, " ".join(lines))
 
 
 def _config(base: LiftConfig, namespace: str, pipeline: str) -> LiftConfig:

@@ -12,9 +12,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lift_ray.documents import Document
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "docs" / "results"
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
+# LIFT settings of the CPU benchmarks: small enough for minutes on 2 cores, the same in each of them.
+BENCH_DEFAULTS = [
+    "train.epochs=2",
+    "generator.qa_per_sentence=2",
+    "generator.batch_size=4",
+    "train.num_workers=2",
+    "train.cpus_per_worker=0.5",
+    "generator.num_cpus=0.5",
+]
+PLACES = ["Caldry", "Morwen", "Tessel", "Brannock", "Ilvar", "Quenby", "Ostrel", "Pardith", "Sollen", "Vaske"]
+THINGS = ["bronze clock", "glass works", "salt mill", "river ferry", "copper bell", "stone bridge", "paper mill"]
+
+
+def make_document(doc_id: str, sentences: int, first: int = 0) -> Document:
+    """A document of `sentences` invented facts (the base model cannot know them), from fact number `first`."""
+    lines = [
+        f"The {THINGS[i % len(THINGS)]} of {PLACES[(i * 3) % len(PLACES)]} was built in {1801 + 7 * i} "
+        f"by a mason named {PLACES[(i * 7 + 1) % len(PLACES)]}son."
+        for i in range(first, first + sentences)
+    ]
+    return Document.from_text(doc_id, " ".join(lines))
 
 
 def device_description() -> str:

@@ -373,7 +373,16 @@ class OnlineLiftSettings(_Section):
         None, description="LiftConfig YAML for these runs; its model must be the served base model"
     )
     overrides: list[str] = Field(default_factory=list, description="'section.key=value' overrides of that config")
-    max_in_flight: int = Field(2, ge=1, description="documents LIFTing at once per ingress replica; beyond: 429")
+    max_in_flight: int = Field(
+        8, ge=1, description="documents queued or LIFTing at once per ingress replica; beyond: 429"
+    )
+    batch_window_s: float = Field(
+        2.0,
+        ge=0,
+        description="documents posted within this many seconds of a batch's first are LIFTed in one run "
+        "(one trainer and generator start-up for all of them); 0: a run per document",
+    )
+    max_batch_documents: int = Field(8, ge=1, description="a batch this big starts at once, without waiting")
     max_document_bytes: int = Field(1 << 20, ge=1, description="larger documents are refused with 413")
     uri_prefixes: list[str] = Field(
         default_factory=list,

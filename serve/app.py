@@ -224,6 +224,19 @@ def _timestamp(iso: str | None) -> int:
 _online_lift_task = ray.remote(num_cpus=0, max_retries=0)(online.run_online_lift)
 
 
+class OnlineBatch:
+    """Documents of one namespace posted close together, to be LIFTed in one run (one Ray task)."""
+
+    task: asyncio.Task[None]  # waits out the window, runs the batch, publishes; set right after construction
+
+    def __init__(self, config: LiftConfig) -> None:
+        self.config = config
+        self.batch_id = uuid.uuid4().hex[:12]
+        self.records: list[dict[str, Any]] = []
+        self.documents: list[Document] = []
+        self.full = asyncio.Event()
+
+
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
@@ -236,8 +249,9 @@ class OpenAIIngress:
         self.store = Store.from_uri(config.storage.root)
         self.index = ManifestIndex(self.store, ttl_s=config.index_ttl_s)
         self.base_names = {BASE_MODEL, EMBEDDED_NAME}
-        # Online LIFT runs started by this replica: (namespace, doc_id) -> (record, watcher task).
+        # Online LIFT documents of this replica: (namespace, doc_id) -> (record, its batch's task).
         self.runs: dict[tuple[str, str], tuple[dict[str, Any], asyncio.Task]] = {}
+        self.open_batches: dict[str, OnlineBatch] = {}  # per namespace: the batch still taking documents
         self.submit_lock = asyncio.Lock()
 
     def _namespace(self, request: Request) -> str:
@@ -315,7 +329,7 @@ class OpenAIIngress:
         return JSONResponse({**record, "status_url": f"/v1/documents/{document.doc_id}"}, status_code=202)
 
     async def _admit(self, namespace: str, document: Document, source: str) -> dict[str, Any]:
-        """The in-flight record for this text, or a new run's queued record (409 / 429 when it cannot start)."""
+        """The in-flight record for this text, or a new queued record in the namespace's open batch (409 / 429)."""
         key = (namespace, document.doc_id)
         existing = await asyncio.to_thread(online.read_status, self.store, namespace, document.doc_id)
         mine = self.runs.get(key)
@@ -332,31 +346,55 @@ class OpenAIIngress:
                 f"{in_flight} documents are LIFTing on this endpoint already (online_lift.max_in_flight={limit})"
                 "; try again later",
             )
-        config = online.for_namespace(self.lift_config, namespace)
-        record = online.new_record(document, namespace, config.adapter_hash(), source)
+        batch = self.open_batches.get(namespace)
+        if batch is None:
+            batch = self.open_batches[namespace] = OnlineBatch(online.for_namespace(self.lift_config, namespace))
+            batch.task = asyncio.create_task(self._run_batch(namespace, batch))
+        record = online.new_record(document, namespace, batch.config.adapter_hash(), source, batch.batch_id)
         await asyncio.to_thread(online.write_status, self.store, record)
         self.index.forget_miss(namespace, document.doc_id)
-        ref = _online_lift_task.remote(record, document, config)
-        self.runs[key] = (record, asyncio.create_task(self._watch(ref, record)))
+        batch.records.append(record)
+        batch.documents.append(document)
+        self.runs[key] = (record, batch.task)
+        if len(batch.documents) >= self.config.online_lift.max_batch_documents:
+            self._close(namespace, batch)
         return record
 
-    async def _watch(self, ref: Any, record: dict[str, Any]) -> None:
-        """Wait for a run; record a dead task as failed; make a fresh adapter visible to chat and /v1/models."""
-        namespace, doc_id = record["namespace"], record["id"]
+    def _close(self, namespace: str, batch: OnlineBatch) -> None:
+        """No more documents join `batch`: the next one posted in its namespace opens a new batch."""
+        if self.open_batches.get(namespace) is batch:
+            del self.open_batches[namespace]
+        batch.full.set()
+
+    async def _run_batch(self, namespace: str, batch: OnlineBatch) -> None:
+        """Wait out the batch window (or until full), LIFT the batch in one task, then publish what it made."""
+        try:
+            await asyncio.wait_for(batch.full.wait(), self.config.online_lift.batch_window_s)
+        except TimeoutError:
+            pass
+        async with self.submit_lock:  # no document joins between closing and starting
+            self._close(namespace, batch)
+        if not batch.documents:  # its first document's queued record could not be written
+            return
+        log.info("online LIFT batch %s: %d documents", batch.batch_id, len(batch.documents))
         try:
             try:
-                final = await ref
+                finals = await _online_lift_task.remote(batch.records, batch.documents, batch.config)
             except Exception as exc:
-                final = await asyncio.to_thread(online.mark_crashed, self.store, record, f"{type(exc).__name__}: {exc}")
-            if final["status"] == "published":
-                manifest = await asyncio.to_thread(read_manifest, self.store, namespace, doc_id)
-                if manifest is not None:
-                    self.index.remember(namespace, manifest)
-        except Exception:  # never let a watcher die loudly: the record in the store is the truth
-            log.exception("online LIFT of %s/%s: watcher failed", namespace, doc_id)
+                error = f"{type(exc).__name__}: {exc}"
+                finals = [await asyncio.to_thread(online.mark_crashed, self.store, r, error) for r in batch.records]
+            for final in finals:
+                if final["status"] == "published":
+                    manifest = await asyncio.to_thread(read_manifest, self.store, namespace, final["id"])
+                    if manifest is not None:
+                        self.index.remember(namespace, manifest)
+        except Exception:  # never let a batch task die loudly: the records in the store are the truth
+            log.exception("online LIFT batch %s: watcher failed", batch.batch_id)
         finally:
-            if self.runs.get((namespace, doc_id), ({"run_id": None},))[0]["run_id"] == record["run_id"]:
-                del self.runs[(namespace, doc_id)]
+            for record in batch.records:
+                key = (namespace, record["id"])
+                if self.runs.get(key, ({"run_id": None},))[0]["run_id"] == record["run_id"]:
+                    del self.runs[key]
 
     @api.get("/v1/documents/{doc_id}")
     async def document_status(self, doc_id: str, request: Request) -> dict[str, Any]:

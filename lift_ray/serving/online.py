@@ -2,8 +2,11 @@
 
 Plain code, no Ray: `serve/app.py` validates a `DocumentRequest`, turns it into a `Document` with
 `load_document`, decides with `admit` whether a run is already in flight, writes the `queued` record and
-runs `run_online_lift` as a Ray task. That function writes `running` (then a heartbeat every `HEARTBEAT_S`
-seconds), calls `lift_documents([document], config)` and writes the final record from the report.
+adds the document to its namespace's open batch; when the batch closes (`online_lift.batch_window_s` after
+its first document, or full) it runs `run_online_lift` as one Ray task for the whole batch. That function
+writes `running` (then a heartbeat every `HEARTBEAT_S` seconds), calls `lift_documents(documents, config)`
+once, so the batch pays one trainer and generator start-up, marks each document `published` as soon as its
+manifest appears, and writes each document's final record from its report.
 
 The record lives next to the document, `<namespace>/<doc_id>/lift_status.json`, so any ingress replica
 can answer `GET /v1/documents/{id}` and it survives restarts. Listings of a namespace only look for
@@ -36,12 +39,15 @@ STATUS_NAME = "lift_status.json"
 STATUSES = ("queued", "running", "published", "failed")
 ACTIVE = ("queued", "running")
 HEARTBEAT_S = 15.0
+PUBLISHED_POLL_S = 2.0  # how often a running batch looks for adapters it has published
 STALE_AFTER_S = 180.0  # a queued task waits for a worker process; a running one beats every HEARTBEAT_S
 RECORD_FIELDS = (
     "id",
     "namespace",
     "status",
     "run_id",
+    "batch_id",
+    "batch_size",
     "source",
     "bytes",
     "doc_sha256",
@@ -219,6 +225,14 @@ def _seconds(iso: str | None) -> float | None:
         return None
 
 
+def seconds_between(start: str, end: str) -> float:
+    """Seconds from one record timestamp to another (ISO 8601, as the records store them)."""
+    first, last = _seconds(start), _seconds(end)
+    if first is None or last is None:
+        raise ValueError(f"not record timestamps: {start!r}, {end!r}")
+    return last - first
+
+
 def status_key(namespace: str, doc_id: str) -> str:
     """Store key of a document's status record: '<namespace>/<doc_id>/lift_status.json'."""
     return f"{document_prefix(namespace, doc_id)}/{STATUS_NAME}"
@@ -241,9 +255,9 @@ def write_status(store: Store, record: dict[str, Any]) -> None:
 
 
 def new_record(
-    document: Document, namespace: str, config_hash: str, source: str, now: Clock = time.time
+    document: Document, namespace: str, config_hash: str, source: str, batch_id: str = "", now: Clock = time.time
 ) -> dict[str, Any]:
-    """A `queued` record for a new run of `document`."""
+    """A `queued` record for a new run of `document`, LIFTed with the other documents of batch `batch_id`."""
     at = _iso(now())
     record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
     record.update(
@@ -251,6 +265,7 @@ def new_record(
         namespace=namespace,
         status="queued",
         run_id=uuid.uuid4().hex[:12],
+        batch_id=batch_id or uuid.uuid4().hex[:12],
         source=source,
         bytes=len(document.text.encode("utf-8")),
         doc_sha256=document.sha256,
@@ -369,50 +384,108 @@ def mark_crashed(store: Store, record: dict[str, Any], error: str, now: Clock = 
     return failed
 
 
+def published_by_run(store: Store, record: dict[str, Any], now: Clock = time.time) -> dict[str, Any] | None:
+    """The `published` record of a running document whose adapter this run has published already, else None.
+
+    A batch's documents publish one by one as they finish training; the task's final records come when the
+    whole batch is done. Reading the manifest (same text and config, published after the run started) lets
+    each document's record say `published` when its adapter is servable.
+    """
+    manifest = read_manifest(store, record["namespace"], record["id"])
+    if not manifest or (manifest.get("doc_sha256"), manifest.get("config_hash")) != (
+        record["doc_sha256"],
+        record["config_hash"],
+    ):
+        return None
+    published, started = _seconds(manifest.get("published_at")), _seconds(record.get("started_at"))
+    if published is None or started is None or published < started:
+        return None
+    view = _manifest_view(manifest, record["namespace"], record["id"])
+    fields = ("qa_count", "adapter_uri", "adapter_bytes", "final_loss")  # report_status, timings: at the end
+    return {
+        **record,
+        **{key: view[key] for key in fields},
+        "status": "published",
+        "finished_at": _iso(published),
+        "heartbeat_at": _iso(now()),
+    }
+
+
 def run_online_lift(
-    record: dict[str, Any],
-    document: Document,
+    records: list[dict[str, Any]],
+    documents: list[Document],
     config: LiftConfig,
     lift: Callable[[list[Document], LiftConfig], list[Any]] | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    poll_s: float = PUBLISHED_POLL_S,
     now: Clock = time.time,
-) -> dict[str, Any]:
-    """What the Ray task runs: record `running`, LIFT the document, record the outcome; returns the final record.
+) -> list[dict[str, Any]]:
+    """What the Ray task runs for one batch: record `running`, LIFT the documents in one run, record each outcome.
 
-    `lift` defaults to `lift_documents`; `config.storage` names the store and the tenant's namespace.
+    `records[i]` is the queued record of `documents[i]`; returns their final records in that order. While
+    the run goes on, a thread looks every `poll_s` for adapters the run has published (`published_by_run`)
+    and rewrites the other records every `heartbeat_s`. `lift` defaults to `lift_documents`; `config.storage`
+    names the store and the tenant's namespace.
     """
+    if len(records) != len(documents) or not documents:
+        raise ValueError(f"{len(records)} records for {len(documents)} documents")
     store = Store.from_uri(config.storage.root)
     at = _iso(now())
-    running = {**record, "status": "running", "started_at": at, "heartbeat_at": at}
-    write_status(store, running)
+    running = [
+        {**record, "status": "running", "started_at": at, "heartbeat_at": at, "batch_size": len(documents)}
+        for record in records
+    ]
+    for record in running:
+        write_status(store, record)
     stop, lock = threading.Event(), threading.Lock()
 
-    def beat() -> None:
-        while not stop.wait(heartbeat_s):
+    def watch() -> None:
+        last_beat = time.monotonic()
+        while not stop.wait(poll_s):
             with lock:
                 if stop.is_set():
                     return
-                try:
-                    write_status(store, {**running, "heartbeat_at": _iso(now())})
-                except StoreError as exc:  # a missed beat is not worth failing the run for
-                    log.warning("%s: heartbeat not written: %s", document.doc_id, exc)
+                beat = time.monotonic() - last_beat >= heartbeat_s
+                if beat:
+                    last_beat = time.monotonic()
+                for i, record in enumerate(running):
+                    if record["status"] != "running":
+                        continue
+                    try:
+                        early = published_by_run(store, record, now)
+                        if early is not None:
+                            running[i] = early
+                            write_status(store, early)
+                        elif beat:
+                            write_status(store, {**record, "heartbeat_at": _iso(now())})
+                    except StoreError as exc:  # a missed beat or look is not worth failing the run for
+                        log.warning("%s: status not updated: %s", record["id"], exc)
 
-    beater = threading.Thread(target=beat, name=f"lift-heartbeat-{document.doc_id}", daemon=True)
-    beater.start()
+    watcher = threading.Thread(target=watch, name=f"lift-heartbeat-{records[0]['batch_id']}", daemon=True)
+    watcher.start()
     try:
         if lift is None:
             from lift_ray.pipeline import lift_documents as lift
-        report = lift([document], config)[0]
-        final = final_record(running, report, None, now)
-        if report.status == "skipped":  # already published with this text and config: the manifest has the rest
-            manifest = read_manifest(store, config.storage.namespace, document.doc_id) or {}
-            final.update({key: manifest.get(key) for key in ("qa_count", "adapter_bytes", "final_loss")})
+        reports = {report.doc_id: report for report in lift(documents, config)}
     except Exception as exc:
-        log.exception("%s: online LIFT failed", document.doc_id)
-        final = final_record(running, None, f"{type(exc).__name__}: {exc}", now)
+        log.exception("online LIFT of %s failed", ", ".join(document.doc_id for document in documents))
+        reports, error = {}, f"{type(exc).__name__}: {exc}"
+    else:
+        error = "the run returned no report for it"
     finally:
         with lock:
             stop.set()
-        beater.join()
-    write_status(store, final)
-    return final
+        watcher.join()
+    finals = []
+    for record in running:
+        report = reports.get(record["id"])
+        final = final_record(record, report, None if report else error, now)
+        if record["status"] == "published" and final["status"] == "published":
+            final["finished_at"] = record["finished_at"]  # servable since then
+        if report is not None and report.status == "skipped":  # published with this text and config already
+            manifest = read_manifest(store, config.storage.namespace, record["id"]) or {}
+            final.update({key: manifest.get(key) for key in ("qa_count", "adapter_bytes", "final_loss")})
+        finals.append(final)
+    for final in finals:
+        write_status(store, final)
+    return finals

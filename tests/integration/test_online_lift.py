@@ -28,6 +28,7 @@ APP, ROUTE = "lift-online", "/online"
 KEY_A, KEY_B = "online-key-a-5d1", "online-key-b-8e4"
 NAMESPACE_A = "online-a"
 DOCUMENT = "The Quell bridge over the river Sarn opened in 1903. Its engineer was Mara Lind of Tovik."
+SECOND = "The Orrin mill at Tovik ground salt until 1921."
 PUBLISH_TIMEOUT_S = 600
 # Fractional CPUs: the session app (0.3 + 0.1) and this one (0.3 + 0.1) leave 1.2 of 2 CPUs, and the run
 # holds a generator actor (0.4), one trainer worker (0.4) and short splitting tasks (0.25) at once.
@@ -40,7 +41,7 @@ LIFT_CONFIG: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> Iterator[str]:
-    """A second app on the running Serve proxy: two tenants, online LIFT on, one run at a time."""
+    """A second app on the running Serve proxy: two tenants, online LIFT on, two documents at a time."""
     from ray import serve
 
     from serve.app import build_app
@@ -59,7 +60,8 @@ def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> 
         online_lift=OnlineLiftSettings(
             enabled=True,
             config=lift_yaml,
-            max_in_flight=1,
+            max_in_flight=2,
+            batch_window_s=5,  # the test's posts all land in the first document's batch
             max_document_bytes=4096,
             uri_prefixes=[f"{s3_store_root}/inbox/"],
         ),
@@ -96,6 +98,18 @@ def wait_final(url: str, doc_id: str, key: str = KEY_A, while_waiting: Any = Non
     raise AssertionError(f"{doc_id} was not LIFTed in {PUBLISH_TIMEOUT_S} s: {record}")
 
 
+def wait_report(url: str, doc_id: str) -> dict[str, Any]:
+    """Poll until the record carries its run's report (`report_status`): a batch's documents publish first."""
+    deadline = time.monotonic() + PUBLISH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status, record = call(url, f"/v1/documents/{doc_id}", key=KEY_A)
+        assert status == 200 and record["status"] in ("published", "failed"), record
+        if record["report_status"] is not None:
+            return record
+        time.sleep(2)
+    raise AssertionError(f"{doc_id}'s run did not end in {PUBLISH_TIMEOUT_S} s: {record}")
+
+
 def test_an_endpoint_without_online_lift_says_it_is_off(serve_url):
     status, reply = call(serve_url, "/v1/documents", {"text": DOCUMENT})
     assert status == 404 and "online LIFT is off" in reply["detail"]
@@ -128,7 +142,10 @@ def test_a_posted_document_is_lifted_published_and_answerable_at_once(endpoint):
     assert status == 202 and again["run_id"] == queued["run_id"] and again["status"] in ("queued", "running")
     status, reply = call(endpoint, "/v1/documents", {"id": "quell", "text": DOCUMENT + " It is red."}, KEY_A)
     assert status == 409 and "different text" in reply["detail"], reply
-    # One run at a time on this endpoint (max_in_flight=1).
+    # Posted within the window: the same batch, so one run (one trainer and generator start-up) for both.
+    status, second = call(endpoint, "/v1/documents", {"id": "orrin", "text": SECOND}, KEY_A)
+    assert status == 202 and second["batch_id"] == queued["batch_id"] and second["run_id"] != queued["run_id"]
+    # Two documents at a time on this endpoint (max_in_flight=2).
     status, reply = call(endpoint, "/v1/documents", {"id": "other", "text": "Another text. Two sentences."}, KEY_A)
     assert status == 429 and "max_in_flight" in reply["detail"], reply
     # Another tenant cannot see it: the same 404 as for an id nobody posted.
@@ -137,15 +154,21 @@ def test_a_posted_document_is_lifted_published_and_answerable_at_once(endpoint):
     assert status == 404 and hidden["detail"].replace("'quell'", "X") == missing["detail"].replace("'nobody'", "X")
 
     # Asking while it LIFTs is a 404 that the index remembers as a miss; publishing must not stay hidden by it.
-    final = wait_final(endpoint, "quell", while_waiting=lambda: chat(endpoint, "quell"))
-    assert final["status"] == "published" and final["report_status"] == "published", final
-    assert final["error"] is None and final["qa_count"] >= 1
-    assert final["adapter_uri"].endswith(f"{NAMESPACE_A}/quell/adapter")
+    # Each document of the batch reads published as soon as its own adapter is; the report comes at the end.
+    first = wait_final(endpoint, "quell", while_waiting=lambda: chat(endpoint, "quell"))
+    assert first["status"] == "published" and first["error"] is None and first["qa_count"] >= 1, first
+    assert first["adapter_uri"].endswith(f"{NAMESPACE_A}/quell/adapter")
+    assert chat(endpoint, "quell")[0] == 200
+    final, other = wait_report(endpoint, "quell"), wait_report(endpoint, "orrin")
+    assert final["report_status"] == "published" and final["finished_at"] == first["finished_at"], final
     assert {"generate_s", "train_s", "publish_s", "ttft_s"} <= set(final["timings"]), final["timings"]
+    assert other["status"] == "published" and other["adapter_uri"].endswith(f"{NAMESPACE_A}/orrin/adapter"), other
+    assert final["batch_size"] == other["batch_size"] == 2 and final["started_at"] == other["started_at"]
     status, reply = chat(endpoint, "quell")
     assert status == 200 and reply["choices"][0]["message"]["content"], reply
+    assert chat(endpoint, "orrin")[0] == 200
     status, models = call(endpoint, "/v1/models", key=KEY_A)
-    assert status == 200 and "quell" in [model["id"] for model in models["data"]]
+    assert status == 200 and {"quell", "orrin"} <= {model["id"] for model in models["data"]}
     assert "quell" not in [model["id"] for model in call(endpoint, "/v1/models", key=KEY_B)[1]["data"]]
     assert chat(endpoint, "quell", key=KEY_B)[0] == 404
 
@@ -157,4 +180,4 @@ def test_a_uri_document_takes_its_file_name_and_is_skipped_when_already_publishe
     assert status == 202 and queued["id"] == "quell" and queued["source"].endswith("inbox/quell.txt"), queued
     final = wait_final(endpoint, "quell")
     assert final["status"] == "published" and final["report_status"] == "skipped", final
-    assert final["run_id"] == queued["run_id"] and final["qa_count"] >= 1
+    assert final["run_id"] == queued["run_id"] and final["qa_count"] >= 1 and final["batch_size"] == 1

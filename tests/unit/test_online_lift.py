@@ -164,7 +164,7 @@ def test_a_run_goes_queued_running_published_with_the_reports_timings(store):
         timings = {"generate_s": 1.5, "train_s": 2.0}
         return [DocumentReport("bridge", "published", qa_count=3, adapter_uri="s3://x/a", timings=timings)]
 
-    final = online.run_online_lift(record, document, config, lift=lift)
+    [final] = online.run_online_lift([record], [document], config, lift=lift)
     assert seen == ["running"]
     stored = online.read_status(store, "ns", "bridge")
     assert stored == final
@@ -185,7 +185,7 @@ def test_a_failed_run_is_recorded_with_its_error(store, outcome):
             raise RuntimeError("the cluster caught fire")
         return [DocumentReport("bridge", "failed", error="no valid QA pairs from 2 sentences")]
 
-    final = online.run_online_lift(record, document, config, lift=lift)
+    [final] = online.run_online_lift([record], [document], config, lift=lift)
     expected = "the cluster caught fire" if outcome == "raises" else "no valid QA pairs"
     assert final["status"] == "failed" and expected in final["error"]
     assert online.read_status(store, "ns", "bridge")["status"] == "failed"
@@ -200,9 +200,61 @@ def test_a_skipped_document_reports_published_with_the_manifests_counts(store, t
     def lift(documents, lift_config):
         return [DocumentReport("bridge", "skipped", adapter_uri="somewhere")]
 
-    final = online.run_online_lift(record, document, config, lift=lift)
+    [final] = online.run_online_lift([record], [document], config, lift=lift)
     assert final["status"] == "published" and final["report_status"] == "skipped"
     assert final["qa_count"] == 7 and final["final_loss"] == 0.25
+
+
+def test_a_batch_is_lifted_in_one_call_and_each_document_gets_its_own_outcome(store):
+    config = _lift_config(store)
+    documents = [Document.from_text(doc_id, f"{TEXT} {doc_id}.") for doc_id in ("bridge", "mill", "ferry")]
+    records = [online.new_record(d, "ns", config.adapter_hash(), "text", batch_id="b1") for d in documents]
+    calls: list[list[str]] = []
+
+    def lift(batch, lift_config):
+        calls.append([document.doc_id for document in batch])
+        assert {online.read_status(store, "ns", d.doc_id)["batch_size"] for d in batch} == {3}
+        # Out of order, one failed, one missing: each record must still get its own document's outcome.
+        return [
+            DocumentReport("mill", "failed", error="no valid QA pairs"),
+            DocumentReport("bridge", "published", qa_count=4, adapter_uri="s3://x/bridge"),
+        ]
+
+    finals = online.run_online_lift(records, documents, config, lift=lift)
+    assert calls == [["bridge", "mill", "ferry"]]
+    assert [final["id"] for final in finals] == ["bridge", "mill", "ferry"]
+    assert [final["status"] for final in finals] == ["published", "failed", "failed"]
+    assert finals[0]["qa_count"] == 4 and finals[0]["adapter_uri"] == "s3://x/bridge"
+    assert "no valid QA pairs" in finals[1]["error"] and "no report" in finals[2]["error"]
+    assert {final["batch_id"] for final in finals} == {"b1"}
+    assert [online.read_status(store, "ns", d.doc_id) for d in documents] == finals
+    with pytest.raises(ValueError, match="2 records for 3 documents"):
+        online.run_online_lift(records[:2], documents, config, lift=lift)
+
+
+def test_a_document_of_a_batch_reads_published_once_its_adapter_is(store, tmp_path):
+    config = _lift_config(store)
+    documents = [Document.from_text(doc_id, f"{TEXT} {doc_id}.") for doc_id in ("bridge", "mill")]
+    records = [online.new_record(d, "ns", config.adapter_hash(), "text", batch_id="b2") for d in documents]
+    # An older adapter of "mill" from another text: not this run's, so "mill" must stay running.
+    _publish(store, "ns", "mill", tmp_path, doc_sha256="other-text", config_hash=config.adapter_hash())
+    seen: dict[str, str] = {}
+
+    def lift(batch, lift_config):
+        time.sleep(0.05)
+        identity = {"doc_sha256": documents[0].sha256, "config_hash": config.adapter_hash(), "qa_count": 5}
+        _publish(store, "ns", "bridge", tmp_path, **identity)
+        deadline = time.monotonic() + 5
+        while online.read_status(store, "ns", "bridge")["status"] != "published" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.update({d.doc_id: online.read_status(store, "ns", d.doc_id)["status"] for d in batch})
+        time.sleep(0.05)
+        return [DocumentReport("bridge", "published", qa_count=5), DocumentReport("mill", "published", qa_count=2)]
+
+    bridge, mill = online.run_online_lift(records, documents, config, lift=lift, poll_s=0.01)
+    assert seen == {"bridge": "published", "mill": "running"}
+    assert bridge["status"] == mill["status"] == "published" and bridge["qa_count"] == 5
+    assert bridge["finished_at"] < mill["finished_at"]  # servable from its own publish, not the batch's end
 
 
 def test_a_running_task_beats_and_stops_beating_once_final(store):
@@ -217,7 +269,7 @@ def test_a_running_task_beats_and_stops_beating_once_final(store):
             beats.append(online.read_status(store, "ns", "bridge")["heartbeat_at"])
         return [DocumentReport("bridge", "published", qa_count=1)]
 
-    final = online.run_online_lift(record, document, config, lift=lift, heartbeat_s=0.02)
+    [final] = online.run_online_lift([record], [document], config, lift=lift, heartbeat_s=0.02, poll_s=0.01)
     assert len(set(beats)) >= 3, beats  # the heartbeat moved while the run went on
     time.sleep(0.1)
     assert online.read_status(store, "ns", "bridge") == final  # nothing overwrote the final record
