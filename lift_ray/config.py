@@ -380,9 +380,15 @@ class OnlineLiftSettings(_Section):
         2.0,
         ge=0,
         description="documents posted within this many seconds of a batch's first are LIFTed in one run "
-        "(one trainer and generator start-up for all of them); 0: a run per document",
+        "(one trainer and generator start-up for all of them); 0: no waiting",
     )
     max_batch_documents: int = Field(8, ge=1, description="a batch this big starts at once, without waiting")
+    max_running_batches: int = Field(
+        1,
+        ge=1,
+        description="batches LIFTing at once per ingress replica; a batch waiting for its turn keeps taking "
+        "documents (up to max_batch_documents)",
+    )
     max_document_bytes: int = Field(1 << 20, ge=1, description="larger documents are refused with 413")
     uri_prefixes: list[str] = Field(
         default_factory=list,

@@ -224,19 +224,6 @@ def _timestamp(iso: str | None) -> int:
 _online_lift_task = ray.remote(num_cpus=0, max_retries=0)(online.run_online_lift)
 
 
-class OnlineBatch:
-    """Documents of one namespace posted close together, to be LIFTed in one run (one Ray task)."""
-
-    task: asyncio.Task[None]  # waits out the window, runs the batch, publishes; set right after construction
-
-    def __init__(self, config: LiftConfig) -> None:
-        self.config = config
-        self.batch_id = uuid.uuid4().hex[:12]
-        self.records: list[dict[str, Any]] = []
-        self.documents: list[Document] = []
-        self.full = asyncio.Event()
-
-
 @serve.deployment
 @serve.ingress(api)
 class OpenAIIngress:
@@ -251,8 +238,14 @@ class OpenAIIngress:
         self.base_names = {BASE_MODEL, EMBEDDED_NAME}
         # Online LIFT documents of this replica: (namespace, doc_id) -> (record, its batch's task).
         self.runs: dict[tuple[str, str], tuple[dict[str, Any], asyncio.Task]] = {}
-        self.open_batches: dict[str, OnlineBatch] = {}  # per namespace: the batch still taking documents
-        self.submit_lock = asyncio.Lock()
+        settings = config.online_lift
+        self.batcher = online.Batcher(
+            settings.batch_window_s,
+            settings.max_batch_documents,
+            settings.max_running_batches,
+            run=self._run_batch,
+            beat=self._beat_queued,
+        )
 
     def _namespace(self, request: Request) -> str:
         try:
@@ -321,7 +314,7 @@ class OpenAIIngress:
             document = await asyncio.to_thread(
                 online.load_document, body, settings.max_document_bytes, settings.uri_prefixes
             )
-            async with self.submit_lock:
+            async with self.batcher.lock:
                 record = await self._admit(namespace, document, source=body.uri or "text")
         except online.RequestRejected as exc:
             headers = {"Retry-After": "30"} if exc.status == 429 else None
@@ -346,37 +339,25 @@ class OpenAIIngress:
                 f"{in_flight} documents are LIFTing on this endpoint already (online_lift.max_in_flight={limit})"
                 "; try again later",
             )
-        batch = self.open_batches.get(namespace)
-        if batch is None:
-            batch = self.open_batches[namespace] = OnlineBatch(online.for_namespace(self.lift_config, namespace))
-            batch.task = asyncio.create_task(self._run_batch(namespace, batch))
+        lift_config = self.lift_config
+        batch = self.batcher.open_batch(namespace, lambda: online.for_namespace(lift_config, namespace))
         record = online.new_record(document, namespace, batch.config.adapter_hash(), source, batch.batch_id)
         await asyncio.to_thread(online.write_status, self.store, record)
         self.index.forget_miss(namespace, document.doc_id)
-        batch.records.append(record)
-        batch.documents.append(document)
-        self.runs[key] = (record, batch.task)
-        if len(batch.documents) >= self.config.online_lift.max_batch_documents:
-            self._close(namespace, batch)
+        self.runs[key] = (record, self.batcher.added(batch, record, document))
         return record
 
-    def _close(self, namespace: str, batch: OnlineBatch) -> None:
-        """No more documents join `batch`: the next one posted in its namespace opens a new batch."""
-        if self.open_batches.get(namespace) is batch:
-            del self.open_batches[namespace]
-        batch.full.set()
+    async def _beat_queued(self, batch: online.OnlineBatch) -> None:
+        """A batch waiting for its turn: its documents' queued records are alive."""
+        for record in batch.records:
+            try:
+                await asyncio.to_thread(online.write_status, self.store, online.with_heartbeat(record))
+            except Exception:  # a missed beat is not worth more than a log line
+                log.warning("online LIFT %s: queued heartbeat not written", record["id"], exc_info=True)
 
-    async def _run_batch(self, namespace: str, batch: OnlineBatch) -> None:
-        """Wait out the batch window (or until full), LIFT the batch in one task, then publish what it made."""
-        try:
-            await asyncio.wait_for(batch.full.wait(), self.config.online_lift.batch_window_s)
-        except TimeoutError:
-            pass
-        async with self.submit_lock:  # no document joins between closing and starting
-            self._close(namespace, batch)
-        if not batch.documents:  # its first document's queued record could not be written
-            return
-        log.info("online LIFT batch %s: %d documents", batch.batch_id, len(batch.documents))
+    async def _run_batch(self, batch: online.OnlineBatch) -> None:
+        """LIFT a closed batch in one Ray task, then make the adapters it published visible here."""
+        namespace = batch.namespace
         try:
             try:
                 finals = await _online_lift_task.remote(batch.records, batch.documents, batch.config)

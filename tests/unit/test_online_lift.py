@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import time
@@ -340,3 +341,95 @@ def test_listings_ignore_status_records_and_a_fresh_publish_is_not_hidden_by_a_m
     listings = index.listings
     index.remember("ns", read_manifest(store, "ns", "second"))
     assert [m["doc_id"] for m in index.documents("ns")] == ["bridge", "second"] and index.listings == listings
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _batch_runner(batcher_args: dict, scenario) -> list[tuple[str, list[str]]]:
+    """Run `scenario(batcher, add)` on an event loop; each run's (namespace, doc ids), in the order they ran."""
+    runs: list[tuple[str, list[str]]] = []
+    release = {}
+
+    async def run(batch):
+        runs.append((batch.namespace, [d.doc_id for d in batch.documents]))
+        gate = release.get(batch.documents[0].doc_id)
+        if gate is not None:
+            await gate.wait()
+
+    async def beat(batch):
+        release.setdefault("beats", []).append([d.doc_id for d in batch.documents])
+
+    async def main():
+        batcher = online.Batcher(run=run, beat=beat, **batcher_args)
+
+        async def add(namespace, doc_id):
+            async with batcher.lock:
+                batch = batcher.open_batch(namespace, lambda: _lift_config_for_batches(namespace))
+                document = Document.from_text(doc_id, f"{TEXT} {doc_id}.")
+                record = online.new_record(document, namespace, "hash", "text", batch.batch_id)
+                await asyncio.sleep(0)  # the ingress writes the queued record here
+                return batcher.added(batch, record, document)
+
+        await scenario(batcher, add, release)
+
+    asyncio.run(main())
+    return runs
+
+
+def _lift_config_for_batches(namespace: str):
+    from lift_ray.config import LiftConfig
+
+    return load_config(LiftConfig, None, [f"storage.namespace={namespace}"])
+
+
+def test_documents_posted_within_the_window_share_one_run_per_namespace():
+    async def scenario(batcher, add, release):
+        started = time.monotonic()
+        first = await add("ns", "a")
+        await add("ns", "b")
+        await add("other", "c")  # another tenant: its own batch
+        assert first is await add("ns", "d")  # the same batch task
+        await first
+        assert time.monotonic() - started >= 0.2  # it waited for the window
+        await asyncio.sleep(0.3)
+        await (await add("ns", "e"))  # after the run started: a new batch
+
+    runs = _batch_runner({"window_s": 0.2, "max_documents": 8, "max_running": 2}, scenario)
+    assert sorted(runs[:2]) == [("ns", ["a", "b", "d"]), ("other", ["c"])]
+    assert runs[2:] == [("ns", ["e"])]
+
+
+def test_a_full_batch_starts_without_waiting_and_the_next_document_opens_another():
+    async def scenario(batcher, add, release):
+        started = time.monotonic()
+        first = await add("ns", "a")
+        await add("ns", "b")
+        second = await add("ns", "c")
+        assert second is not first
+        await first
+        assert time.monotonic() - started < 5  # well before the 30 s window
+        second.cancel()
+
+    runs = _batch_runner({"window_s": 30, "max_documents": 2, "max_running": 1}, scenario)
+    assert runs == [("ns", ["a", "b"])]
+
+
+def test_a_batch_waiting_for_a_running_one_keeps_taking_documents():
+    async def scenario(batcher, add, release):
+        release["a"] = asyncio.Event()
+        first = await add("ns", "a")
+        await asyncio.sleep(0.1)  # a's window passed: a runs, and holds the only slot
+        second = await add("ns", "b")
+        await asyncio.sleep(0.2)  # b's window passed too, but a still runs
+        assert await add("ns", "c") is second  # so b's batch still takes documents
+        await asyncio.sleep(0.1)
+        release["a"].set()
+        await first
+        await second
+        beats = release.pop("beats")
+        assert ["b"] in beats and ["b", "c"] in beats  # its queued records were kept alive while it waited
+        assert not [b for b in beats if "a" in b]  # a never waited
+
+    runs = _batch_runner({"window_s": 0.05, "max_documents": 8, "max_running": 1, "beat_s": 0.03}, scenario)
+    assert runs == [("ns", ["a"]), ("ns", ["b", "c"])]
