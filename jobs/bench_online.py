@@ -7,9 +7,10 @@ What `POST /v1/documents` does when several documents arrive close together, wit
 same `run_online_lift` Ray task the endpoint starts, on one local Ray instance, with the benchmark settings
 of `jobs/bench_pipeline.py` (2 epochs, m=2, invented-fact documents; `--set` to change them):
 
-1. one run per document (`online_lift.batch_window_s=0`): `--documents` tasks started at once, each calling
-   `lift_documents([document])`, so each pays its own generator and Ray Train start-up, and they compete for
-   the same cores;
+1. one run per document, as the endpoint did before batching (today: `online_lift.batch_window_s: 0` with
+   `max_running_batches` at least the number of documents): `--documents` tasks started at once, each
+   calling `lift_documents([document])`, so each pays its own generator and Ray Train start-up, and they
+   compete for the same cores;
 2. one batched run (the default window): the same documents, after waiting `--window` seconds (the batch
    window the endpoint waits for more documents), in one task calling `lift_documents(documents)`.
 

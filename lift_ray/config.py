@@ -379,6 +379,7 @@ class OnlineLiftSettings(_Section):
     batch_window_s: float = Field(
         2.0,
         ge=0,
+        le=60,  # queued records do not beat during the window; they read as stale after 180 s
         description="documents posted within this many seconds of a batch's first are LIFTed in one run "
         "(one trainer and generator start-up for all of them); 0: no waiting",
     )

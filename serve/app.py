@@ -336,7 +336,8 @@ class OpenAIIngress:
         if in_flight >= limit:
             raise online.RequestRejected(
                 429,
-                f"{in_flight} documents are LIFTing on this endpoint already (online_lift.max_in_flight={limit})"
+                f"{in_flight} documents are queued or LIFTing on this endpoint already "
+                f"(online_lift.max_in_flight={limit})"
                 "; try again later",
             )
         lift_config = self.lift_config

@@ -146,6 +146,9 @@ def test_online_lift_is_off_by_default_and_its_config_must_fit_the_served_model(
     with pytest.raises(ConfigError, match="storage.root"):
         online.lift_config_for(with_overrides(f"storage.root={tmp_path / 'elsewhere'}"))
     assert online.lift_config_for(with_overrides(f"storage.root={tmp_path / 's'}")).storage.namespace == "ns"
+    # Queued records do not beat during the window, and read as stale after 180 s: windows stay short.
+    with pytest.raises(ValidationError, match="batch_window_s"):
+        OnlineLiftSettings(batch_window_s=600)
 
 
 # ---------------------------------------------------------------- status records
