@@ -27,18 +27,18 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from lift_ray.bench import (
-    BENCH_DEFAULTS,
+    add_config_arguments,
+    bench_config,
     device_description,
     make_document,
     markdown_table,
     update_benchmarks_section,
     write_results,
 )
-from lift_ray.config import LiftConfig, load_config
+from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
 from lift_ray.serving import online
 from lift_ray.storage import Store
@@ -82,20 +82,14 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=3, help="documents posted together")
     parser.add_argument("--sentences", type=int, default=4, help="sentences per document")
     parser.add_argument("--window", type=float, default=2.0, help="the batch window (online_lift.batch_window_s)")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    add_config_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     import ray
 
     with tempfile.TemporaryDirectory(prefix="bench-online-") as tmp:
-        base = load_config(
-            LiftConfig,
-            args.config,
-            [*BENCH_DEFAULTS, f"storage.root={tmp}/store", f"work_dir={tmp}/work", *args.overrides],
-        )
-        print(base.model_dump_json(indent=2))
+        base = bench_config(args, tmp)
         ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
         documents = [
             make_document(f"posted{k}", args.sentences, first=k * args.sentences) for k in range(args.documents)

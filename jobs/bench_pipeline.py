@@ -49,9 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from lift_ray.bench import (
-    BENCH_DEFAULTS,
     RESULTS_DIR,
     ProcessCpuSampler,
+    add_config_arguments,
+    bench_config,
     cpu_shares,
     device_description,
     make_document,
@@ -60,7 +61,7 @@ from lift_ray.bench import (
     write_results,
 )
 from lift_ray.chat_stub import ChatStub, replay_recorded_pairs, serving
-from lift_ray.config import LiftConfig, load_config
+from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
 from lift_ray.models import load_tokenizer, resolve_base_model
 from lift_ray.pipeline import lift_documents, qa_cache_path
@@ -276,19 +277,14 @@ def main() -> None:
     parser.add_argument("--bulk-copies", type=int, default=6, help="each document this many times in the bulk run")
     parser.add_argument("--remote-epochs", type=int, default=1, help="epochs of the remote-generator runs (0: skip)")
     parser.add_argument("--remote-batch-size", type=int, default=1, help="sentences per remote-generator batch")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    add_config_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     import ray
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
-        base = load_config(
-            LiftConfig,
-            args.config,
-            [*BENCH_DEFAULTS, f"storage.root={tmp}/store", f"work_dir={tmp}/work", *args.overrides],
-        )
+        base = bench_config(args, tmp)
         ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
         tokenizer = load_tokenizer(resolve_base_model(base.model.base_model, Path(base.model.cache_dir)))
         main_doc = make_document(f"doc{args.sentences}", args.sentences)

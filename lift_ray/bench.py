@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,21 @@ BENCH_DEFAULTS = [
 ]
 PLACES = ["Caldry", "Morwen", "Tessel", "Brannock", "Ilvar", "Quenby", "Ostrel", "Pardith", "Sollen", "Vaske"]
 THINGS = ["bronze clock", "glass works", "salt mill", "river ferry", "copper bell", "stone bridge", "paper mill"]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and `--set`, as every benchmark takes them."""
+    parser.add_argument("--config", type=Path, default=None, help="a LiftConfig YAML")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+
+
+def bench_config(args: argparse.Namespace, tmp: str) -> LiftConfig:
+    """The benchmark's LiftConfig: `BENCH_DEFAULTS`, a store and work dir under `tmp`, then the user's; printed."""
+    config = load_config(
+        LiftConfig, args.config, [*BENCH_DEFAULTS, f"storage.root={tmp}/store", f"work_dir={tmp}/work", *args.overrides]
+    )
+    print(config.model_dump_json(indent=2))
+    return config
 
 
 def make_document(doc_id: str, sentences: int, first: int = 0) -> Document:

@@ -166,6 +166,25 @@ class TrainSettings(_Section):
         "lift_mixed: both, loss = L_raw + gamma * L_QA (LIFT, arXiv 2412.13626, eq. 3)",
     )
     gamma: float = Field(1.0, ge=0, description="lift_mixed: weight of the QA loss against the raw-segment loss")
+    objective: Literal["sft", "distill", "sft+distill"] = Field(
+        "sft",
+        description="what the QA pairs teach: sft, cross-entropy on the answer tokens (the paper); distill, "
+        "KL to the base model reading the sentence's paragraph (context distillation); sft+distill, both",
+    )
+    distill_weight: float = Field(
+        1.0, ge=0, description="weight of the KL term per answer token (distilling objectives)"
+    )
+    distill_top_k: int = Field(32, ge=1, le=1024, description="teacher tokens kept per answer position")
+    teacher_context_chars: int = Field(
+        1000, ge=0, description="the teacher reads this much of the paragraph before a sentence, then the sentence"
+    )
+    guard_examples: int = Field(
+        0,
+        ge=0,
+        description="general prompts per epoch (shipped with the package) on which the adapter is held to the base "
+        "model's own distribution (KL), so it keeps what the model knew; 0: off",
+    )
+    guard_weight: float = Field(1.0, ge=0, description="weight of the guard's KL term per token")
     segment_tokens: int = Field(
         128, ge=16, description="finetune_raw/lift_mixed: segment length l in tokens; segments start every 3/8 l"
     )
@@ -285,6 +304,10 @@ class LiftConfig(_Section):
             fields |= {"variant", "segment_tokens"}
         if self.train.variant == "lift_mixed":
             fields.add("gamma")
+        if self.train.objective != "sft":
+            fields |= {"objective", "distill_weight", "distill_top_k", "teacher_context_chars"}
+        if self.train.guard_examples:
+            fields |= {"guard_examples", "guard_weight"}
         return fields
 
     def generator_fingerprint(self) -> dict[str, Any]:

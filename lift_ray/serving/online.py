@@ -306,6 +306,14 @@ def admit(existing: dict[str, Any] | None, document: Document, now: Clock = time
     )
 
 
+ADAPTER_FIELDS = ("qa_count", "adapter_uri", "adapter_bytes", "final_loss")
+
+
+def _adapter_fields(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a status record says of a published adapter, from its manifest."""
+    return {key: manifest.get(key) for key in ADAPTER_FIELDS}
+
+
 def _manifest_view(manifest: dict[str, Any], namespace: str, doc_id: str) -> dict[str, Any]:
     record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
     record.update(
@@ -318,10 +326,7 @@ def _manifest_view(manifest: dict[str, Any], namespace: str, doc_id: str) -> dic
         finished_at=manifest.get("published_at"),
         report_status="published",
         timings={},
-        qa_count=manifest.get("qa_count"),
-        adapter_uri=manifest.get("adapter_uri"),
-        adapter_bytes=manifest.get("adapter_bytes"),
-        final_loss=manifest.get("final_loss"),
+        **_adapter_fields(manifest),
     )
     return record
 
@@ -406,11 +411,9 @@ def published_by_run(store: Store, record: dict[str, Any], now: Clock = time.tim
     published, started = _seconds(manifest.get("published_at")), _seconds(record.get("started_at"))
     if published is None or started is None or published < started:
         return None
-    view = _manifest_view(manifest, record["namespace"], record["id"])
-    fields = ("qa_count", "adapter_uri", "adapter_bytes", "final_loss")  # report_status, timings: at the end
-    return {
+    return {  # report_status and timings come with the batch's end
         **record,
-        **{key: view[key] for key in fields},
+        **_adapter_fields(manifest),
         "status": "published",
         "finished_at": _iso(published),
         "heartbeat_at": _iso(now()),
@@ -490,7 +493,7 @@ def run_online_lift(
             final["finished_at"] = record["finished_at"]  # servable since then
         if report is not None and report.status == "skipped":  # published with this text and config already
             manifest = read_manifest(store, config.storage.namespace, record["id"]) or {}
-            final.update({key: manifest.get(key) for key in ("qa_count", "adapter_bytes", "final_loss")})
+            final.update(_adapter_fields(manifest))
         finals.append(final)
     for final in finals:
         write_status(store, final)

@@ -49,7 +49,10 @@ def tokenize_qa(
 def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; padding is masked by length, not by token id (SmolLM2's pad token is its end token).
 
-    Examples may carry a loss `weight` (default 1); the batch then has a per-example `weights` tensor.
+    Examples may carry a cross-entropy `weight` (default 1), a `kl_weight` with their teacher's
+    `teacher_ids`/`teacher_logprobs` ([answer tokens, k]), and `closing_tokens` (the template's end of the answer,
+    trained by cross-entropy only). The batch then has per-token `weights` (and `kl_weights`) like `labels`, and
+    the teacher tensors laid out over the positions ([batch, length, k]).
     """
     longest = max(len(e["input_ids"]) for e in examples)
     input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
@@ -61,8 +64,30 @@ def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torc
         labels[row, :length] = torch.tensor(example["labels"])
         attention_mask[row, :length] = 1
     batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    if any("weight" in e for e in examples):
-        batch["weights"] = torch.tensor([float(e.get("weight", 1.0)) for e in examples])
+    distilling = any(e.get("kl_weight") for e in examples)
+    if distilling or any("weight" in e or e.get("closing_tokens") for e in examples):
+        weights = torch.zeros((len(examples), longest))
+        kl_weights = torch.zeros((len(examples), longest))
+        for row, example in enumerate(examples):
+            length, weight = len(example["input_ids"]), float(example.get("weight", 1.0))
+            weights[row, :length] = weight
+            kl_weights[row, :length] = float(example.get("kl_weight", 0.0))
+            closing = int(example.get("closing_tokens", 0))
+            if closing:  # the template's end of the answer: always cross-entropy, never the teacher's
+                weights[row, length - closing : length] = weight or 1.0
+                kl_weights[row, length - closing : length] = 0.0
+        batch["weights"] = weights
+        if distilling:
+            batch["kl_weights"] = kl_weights
+    if distilling:
+        from lift_ray.train.distill import shift_teacher
+
+        if any(e.get("kl_weight") and "teacher_ids" not in e for e in examples):
+            raise ValueError("an example has a kl_weight but no teacher distribution: attach its teacher first")
+        top_k = max(e["teacher_ids"].shape[1] for e in examples if "teacher_ids" in e)
+        teachers = [shift_teacher(e, longest, top_k) for e in examples]
+        batch["teacher_ids"] = torch.stack([ids for ids, _ in teachers])
+        batch["teacher_logprobs"] = torch.stack([logprobs for _, logprobs in teachers])
     return batch
 
 
@@ -106,3 +131,14 @@ def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         "unverified_pairs": sum(int(r.get("unverified", 0)) for r in rows),
         "cached_sentences": sum(1 for r in rows if r.get("cache_hit")),
     }
+
+
+def closing_tokens(tokenizer: Any, labels: list[int]) -> int:
+    """How many labelled tokens at the end are the chat template's close of the answer (special tokens, newlines)."""
+    special = set(tokenizer.all_special_ids)
+    count = 0
+    for label in reversed(labels):
+        if label == IGNORE_INDEX or not (label in special or not tokenizer.decode([label]).strip()):
+            break
+        count += 1
+    return count

@@ -11,6 +11,7 @@ they stream in, whatever worker they land on.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import tempfile
@@ -27,12 +28,24 @@ from lift_ray.config import LiftConfig, LoraSettings
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
     IGNORE_INDEX,
+    closing_tokens,
     collate,
     distinct_sentences,
     generation_counters,
     qa_pairs_from_rows,
     raw_segments,
     tokenize_qa,
+)
+from lift_ray.train.distill import (
+    attach_teachers,
+    distill_loss,
+    guard_examples,
+    guard_sample,
+    logits_at,
+    teacher_context,
+    teacher_key,
+    teacher_question,
+    teacher_topk,
 )
 
 log = logging.getLogger(__name__)
@@ -307,30 +320,26 @@ RowsHook = Callable[[DocumentJob, list[dict[str, Any]]], None]
 AdapterHook = Callable[[DocumentJob, Path, DocumentResult], dict[str, Any]]
 
 
-# Configs whose forward rescales or caps the logits after the output layer: those models take the plain path.
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
 def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Sum of (weighted) next-token losses over the labelled tokens of a batch, and how many there were.
 
-    Logits are computed only at the positions that have a label: the output layer (a 49k-word vocabulary on
-    the embedded model) applied to every prompt and padding position, and its full-size fp32 copy, cost
-    more time and memory than the answers they are for.
+    Each labelled token adds its cross-entropy times its `weights` entry (per example or per token; default 1)
+    and, where the batch carries a teacher (`distill.py`), KL(teacher || student) times its `kl_weights` entry.
+    Logits are computed only at the positions that have a label (`distill.logits_at`).
     """
     labels = batch["labels"][:, 1:]
     labelled = labels != IGNORE_INDEX
-    weights = batch["weights"][:, None].expand_as(labels)[labelled] if "weights" in batch else None
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if any(getattr(causal_lm.config, name, None) for name in _LOGIT_POSTPROCESSING):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1][labelled]
-    else:
-        hidden = causal_lm.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = causal_lm.get_output_embeddings()(hidden.last_hidden_state[:, :-1][labelled])
+    where = torch.nn.functional.pad(labelled, (0, 1))  # positions whose next token is labelled
+    logits = logits_at(model, batch["input_ids"], batch["attention_mask"], where)
     losses = F.cross_entropy(logits.float(), labels[labelled], reduction="none")
-    if weights is not None:
-        losses = losses * weights.to(losses.dtype)
+    if "weights" in batch:  # per example [batch] or per token [batch, length]
+        weights = batch["weights"]
+        weights = weights[:, None].expand_as(labels) if weights.dim() == 1 else weights[:, 1:]
+        losses = losses * weights[labelled].to(losses.dtype)
+    if "teacher_ids" in batch:
+        kl_weights = batch["kl_weights"][:, 1:][labelled].to(losses.dtype)
+        kl = distill_loss(logits, batch["teacher_ids"][:, 1:][labelled], batch["teacher_logprobs"][:, 1:][labelled])
+        losses = losses + kl_weights * kl
     return losses.sum(), int(labelled.sum())
 
 
@@ -353,6 +362,10 @@ class AdapterTrainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.after_step: Callable[[str, int], None] | None = None  # (doc_id, steps so far): a test hook
         self._steps = 0
+        self.teacher_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # this document's, by teacher_key
+        self._new_teachers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # computed here since the last share
+        self.teachers_computed = 0  # teacher distributions this rank computed (each pair once over all ranks)
+        self._guard: list[dict[str, Any]] | None = None
         self.load_s = time.perf_counter() - started
 
     # -- pieces --
@@ -372,20 +385,73 @@ class AdapterTrainer:
         self._steps = 0
 
     def qa_examples(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Tokenised QA examples of sentence rows (none for `finetune_raw`); weight gamma in `lift_mixed`."""
+        """Tokenised QA examples of sentence rows (none for `finetune_raw`).
+
+        Cross-entropy weight: gamma in `lift_mixed`, 0 with `objective=distill`; with a distilling objective each
+        example also names its teacher (the question asked over the row's paragraph and sentence).
+        """
         train = self.config.train
         if train.variant == "finetune_raw":
             return []
-        weight = train.gamma if train.variant == "lift_mixed" else 1.0
+        weight = 0.0 if train.objective == "distill" else train.gamma if train.variant == "lift_mixed" else 1.0
+        distilling = train.objective != "sft"
         examples = []
-        for pair in qa_pairs_from_rows(rows):
-            example: dict[str, Any] = tokenize_qa(
-                self.tokenizer, self.config.model.system_prompt, pair["question"], pair["answer"], train.max_seq_len
-            )
-            if weight != 1.0:
-                example["weight"] = weight
-            examples.append(example)
+        for row in rows:
+            context = teacher_context(row, train.teacher_context_chars) if distilling else ""
+            for pair in json.loads(row["qa_json"]):
+                question, answer = pair["question"], pair["answer"]
+                example: dict[str, Any] = tokenize_qa(
+                    self.tokenizer, self.config.model.system_prompt, question, answer, train.max_seq_len
+                )
+                if weight != 1.0:
+                    example["weight"] = weight
+                if distilling:
+                    example["kl_weight"] = train.distill_weight
+                    example["closing_tokens"] = closing_tokens(self.tokenizer, example["labels"])
+                    example["teacher_user"] = teacher_question(question, context)
+                    example["teacher_key"] = teacher_key(example["teacher_user"], answer)
+                examples.append(example)
         return examples
+
+    def guard_for_epoch(self, epoch: int) -> list[dict[str, Any]]:
+        """This epoch's draw of general prompts held to the base model's distribution (`train.guard_examples`)."""
+        train = self.config.train
+        if train.guard_examples <= 0:
+            return []
+        if self._guard is None:
+            self._guard = guard_examples(
+                self.tokenizer, self.config.model.system_prompt, train.max_seq_len, train.guard_weight
+            )
+        return guard_sample(self._guard, train.guard_examples, self.config.seed, epoch)
+
+    def attach_teachers(self, examples: list[dict[str, Any]]) -> None:
+        """Give every example that distills its teacher's top-k, computing (once per document) those not cached."""
+        missing = attach_teachers(examples, self.teacher_cache)
+        if not missing:
+            return
+        wanted = {e["teacher_key"]: e for e in examples if e["teacher_key"] in missing}
+        items = [(e["teacher_user"], [t for t in e["labels"] if t != IGNORE_INDEX]) for e in wanted.values()]
+        found = teacher_topk(
+            self.model,
+            self.tokenizer,
+            self.config.model.system_prompt,
+            items,
+            self.config.train.distill_top_k,
+            self.device,
+        )
+        self.teachers_computed += len(found)
+        for key, entry in zip(wanted, found, strict=True):
+            self.teacher_cache[key] = entry
+            self._new_teachers[key] = entry
+        attach_teachers(examples, self.teacher_cache)
+
+    def share_teachers(self) -> None:
+        """Every rank gets the teacher distributions the others computed (all ranks call this together)."""
+        if self.config.train.objective == "sft" and self.config.train.guard_examples <= 0:
+            return
+        for part in self.collective.all_gather_object(self._new_teachers):
+            self.teacher_cache.update(part)
+        self._new_teachers = {}
 
     def segment_examples(self, text: str) -> list[dict[str, Any]]:
         """Raw-text segments of the document for `finetune_raw` and `lift_mixed`."""
@@ -404,6 +470,7 @@ class AdapterTrainer:
             param.grad = None
         loss_sum, labelled, read = 0.0, 0, 0
         if examples:
+            self.attach_teachers(examples)
             batch = {k: v.to(self.device) for k, v in collate(examples, self.tokenizer.pad_token_id).items()}
             loss, labelled = token_loss_sum(self.model, batch)
             loss.backward()
@@ -491,10 +558,12 @@ class AdapterTrainer:
         self.fresh_adapter()
         segments = self.segment_examples(job.text)
         result.segment_count = len(segments)
+        self.teacher_cache.clear()
         first_epoch = 0
         if job.rows is None:
-            pool = segments[collective.rank :: collective.world_size]
+            pool = (segments + self.guard_for_epoch(0))[collective.rank :: collective.world_size]
             local_rows, losses = self._streaming_epoch(job, source or NoRows(), pool, result)
+            self.share_teachers()
             rows = sorted(
                 (r for part in collective.all_gather_object(local_rows) for r in part),
                 key=lambda r: int(r["sentence_index"]),
@@ -530,7 +599,8 @@ class AdapterTrainer:
             )
             return result
         for epoch in range(first_epoch, epochs):
-            losses = self._shuffled_epoch(examples, epoch, result)
+            losses = self._shuffled_epoch(examples + self.guard_for_epoch(epoch), epoch, result)
+            self.share_teachers()
             result.history.step_losses.extend(losses)
             result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
         result.timings["train_s"] = time.perf_counter() - started
