@@ -185,6 +185,23 @@ class TrainSettings(_Section):
         "model's own distribution (KL), so it keeps what the model knew; 0: off",
     )
     guard_weight: float = Field(1.0, ge=0, description="weight of the guard's KL term per token")
+    holdout_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="quality gate: share of sentences that hold one pair out of training (a question whose answer "
+        "another pair of the sentence gives); the adapter answers them before it is published; 0: no gate",
+    )
+    min_quality: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="quality gate: an adapter answering fewer held-out questions than this share trains "
+        "`quality_retry_epochs` more epochs, and is reported `low_quality` if it still falls short; 0: only measure",
+    )
+    quality_retry_epochs: int = Field(
+        2, ge=0, description="quality gate: extra epochs, one at a time, before giving up"
+    )
     segment_tokens: int = Field(
         128, ge=16, description="finetune_raw/lift_mixed: segment length l in tokens; segments start every 3/8 l"
     )
@@ -265,6 +282,11 @@ class StorageSettings(_Section):
 
     root: str = Field("./lift_store", description="local path or s3://bucket/prefix")
     namespace: str = "default"
+    qa_namespace: str | None = Field(
+        None,
+        description="namespace whose QA caches this run reads and writes (default: `namespace`); runs that train "
+        "other recipes into other namespaces from the same QA share it (its key holds every generator setting)",
+    )
 
 
 class LiftConfig(_Section):
@@ -294,6 +316,8 @@ class LiftConfig(_Section):
         from lift_ray.documents import validate_doc_id
 
         validate_doc_id(storage.namespace, what="namespace")
+        if storage.qa_namespace is not None:
+            validate_doc_id(storage.qa_namespace, what="qa_namespace")
         return storage
 
     def _trained_fields(self) -> set[str]:
@@ -308,6 +332,8 @@ class LiftConfig(_Section):
             fields |= {"objective", "distill_weight", "distill_top_k", "teacher_context_chars"}
         if self.train.guard_examples:
             fields |= {"guard_examples", "guard_weight"}
+        if self.train.holdout_share:
+            fields |= {"holdout_share", "min_quality", "quality_retry_epochs"}
         return fields
 
     def generator_fingerprint(self) -> dict[str, Any]:

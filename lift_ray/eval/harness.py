@@ -59,7 +59,7 @@ class Method:
         return None if self.adapter is None else validate_doc_id(f"eval-{self.adapter}", "namespace")
 
 
-_LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5")
+_LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5", "storage.qa_namespace=eval-lift")
 METHODS: tuple[Method, ...] = (
     Method("base", "base model, question only (what the model knows without the document)", None, False),
     Method("icl", "base model with the document in the prompt, head and tail kept to fit (truncated ICL)", None, True),
@@ -70,7 +70,27 @@ METHODS: tuple[Method, ...] = (
         False,
         ("train.variant=finetune_raw",),
     ),
-    Method("lift", "LIFT adapter, m=5 QA pairs per sentence; question only", "lift", False, _LIFT_5),
+    Method(
+        "lift",
+        "LIFT adapter, m=5 QA pairs per sentence, trained as the paper does (sft); question only",
+        "lift",
+        False,
+        (*_LIFT_5, "train.objective=sft"),
+    ),
+    Method(
+        "lift_distill",
+        "LIFT adapter on the same QA, distilled from the base model reading each sentence's paragraph; question only",
+        "lift_distill",
+        False,
+        (*_LIFT_5, "train.objective=distill"),
+    ),
+    Method(
+        "lift_sft_distill",
+        "LIFT adapter on the same QA, cross-entropy plus distillation (train.objective=sft+distill); question only",
+        "lift_sft_distill",
+        False,
+        (*_LIFT_5, "train.objective=sft+distill"),
+    ),
     Method(
         "lift_10qa",
         "LIFT adapter, m=10 QA pairs per sentence; question only",
@@ -78,7 +98,13 @@ METHODS: tuple[Method, ...] = (
         False,
         ("train.variant=lift", "generator.qa_per_sentence=10"),
     ),
-    Method("lift_icl", "the `lift` adapter plus the truncated document in the prompt", "lift", True, _LIFT_5),
+    Method(
+        "lift_icl",
+        "the `lift` adapter plus the truncated document in the prompt",
+        "lift",
+        True,
+        (*_LIFT_5, "train.objective=sft"),
+    ),
 )
 METHOD_NAMES: tuple[str, ...] = tuple(method.name for method in METHODS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -142,3 +143,27 @@ def closing_tokens(tokenizer: Any, labels: list[int]) -> int:
             break
         count += 1
     return count
+
+
+def holdout_split(
+    pairs: list[dict[str, str]], share: float, salt: str = ""
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """A sentence's pairs split into (train, held out) for the quality gate.
+
+    Only a pair whose answer another pair of the same sentence also gives can be held out: its fact is still
+    trained, under another wording, so asking it checks that the adapter learned the fact and not the question's
+    words. At most one pair per sentence, for about `share` of the sentences that have such a pair (chosen by a
+    hash of the sentence's questions and `salt`, the same on every rank and every run).
+    """
+    from lift_ray.metrics import answers_agree
+
+    if share <= 0 or len(pairs) < 2:
+        return pairs, []
+    key = hashlib.sha256(json.dumps([salt, [p["question"] for p in pairs]]).encode()).digest()
+    if int.from_bytes(key[:8], "big") / 2**64 >= share:
+        return pairs, []
+    for index, pair in enumerate(pairs):
+        others = pairs[:index] + pairs[index + 1 :]
+        if any(answers_agree(other["answer"], pair["answer"]) for other in others):
+            return others, [pair]
+    return pairs, []

@@ -32,6 +32,7 @@ from lift_ray.train.dataset import (
     collate,
     distinct_sentences,
     generation_counters,
+    holdout_split,
     qa_pairs_from_rows,
     raw_segments,
     tokenize_qa,
@@ -47,6 +48,7 @@ from lift_ray.train.distill import (
     teacher_question,
     teacher_topk,
 )
+from lift_ray.train.gate import agreements, greedy_answers
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +307,7 @@ class DocumentResult:
     qa_count: int = 0
     segment_count: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # the quality gate's verdict (gate.py)
     history: TrainingHistory = field(default_factory=TrainingHistory)
     timings: dict[str, float] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
@@ -398,7 +401,7 @@ class AdapterTrainer:
         examples = []
         for row in rows:
             context = teacher_context(row, train.teacher_context_chars) if distilling else ""
-            for pair in json.loads(row["qa_json"]):
+            for pair in self.row_pairs(row)[0]:
                 question, answer = pair["question"], pair["answer"]
                 example: dict[str, Any] = tokenize_qa(
                     self.tokenizer, self.config.model.system_prompt, question, answer, train.max_seq_len
@@ -412,6 +415,45 @@ class AdapterTrainer:
                     example["teacher_key"] = teacher_key(example["teacher_user"], answer)
                 examples.append(example)
         return examples
+
+    def row_pairs(self, row: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """A sentence row's pairs: (trained, held out for the quality gate)."""
+        return holdout_split(json.loads(row["qa_json"]), self.config.train.holdout_share, str(self.config.seed))
+
+    def holdout_score(self, held: list[dict[str, str]]) -> float:
+        """Share of held-out questions the adapter answers (the ranks split the questions; all get the total)."""
+        collective = self.collective
+        mine = held[collective.rank :: collective.world_size]
+        replies = greedy_answers(
+            self.model, self.tokenizer, self.config.model.system_prompt, [p["question"] for p in mine], 32, self.device
+        )
+        counts = torch.tensor([agreements(replies, mine), len(mine)], dtype=torch.float32, device=self.device)
+        right, asked = collective.all_reduce_sum(counts).tolist()
+        return right / asked if asked else float("nan")
+
+    def quality_gate(self, rows: list[dict[str, Any]], examples: list[dict[str, Any]], result: DocumentResult) -> None:
+        """Score the adapter on its held-out pairs; below `train.min_quality`, train more epochs, then judge."""
+        train = self.config.train
+        held = [pair for row in rows for pair in self.row_pairs(row)[1]]
+        if not held:
+            result.quality = {"holdout_pairs": 0, "holdout_score": None, "extra_epochs": 0, "passed": True}
+            return
+        score, extra = self.holdout_score(held), 0
+        while score < train.min_quality and extra < train.quality_retry_epochs:
+            epoch = train.epochs + extra
+            losses = self._shuffled_epoch(examples + self.guard_for_epoch(epoch), epoch, result)
+            self.share_teachers()
+            result.history.step_losses.extend(losses)
+            result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
+            extra += 1
+            score = self.holdout_score(held)
+        result.quality = {
+            "holdout_pairs": len(held),
+            "holdout_score": round(score, 4),
+            "extra_epochs": extra,
+            "passed": score >= train.min_quality,
+        }
+        log.info("%s: quality gate %s", result.doc_id, result.quality)
 
     def guard_for_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """This epoch's draw of general prompts held to the base model's distribution (`train.guard_examples`)."""
@@ -603,6 +645,10 @@ class AdapterTrainer:
             self.share_teachers()
             result.history.step_losses.extend(losses)
             result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
+        if self.config.train.variant != "finetune_raw" and self.config.train.holdout_share > 0:
+            gate_started = time.perf_counter()
+            self.quality_gate(rows, examples, result)
+            result.timings["gate_s"] = time.perf_counter() - gate_started
         result.timings["train_s"] = time.perf_counter() - started
         result.history.seconds = result.timings["train_s"]
         if collective.rank == 0:
@@ -629,7 +675,6 @@ def train_adapter_locally(
     model_dir: Path, pairs: list[dict[str, str]], config: LiftConfig, out_dir: Path
 ) -> TrainingHistory:
     """Train an adapter in this process (no Ray): the reference the Ray Train path must match."""
-    import json
     import shutil
 
     torch.set_num_threads(max(1, config.train.threads_per_worker))
@@ -640,7 +685,7 @@ def train_adapter_locally(
         shutil.copytree(adapter_dir, out_dir)
         return {"adapter_dir": str(out_dir)}
 
-    rows = [{"sentence_index": 0, "qa_json": json.dumps(pairs)}]
+    rows = [{"sentence_index": i, "qa_json": json.dumps([pair])} for i, pair in enumerate(pairs)]  # none held out
     result = trainer.train_document(DocumentJob("local", rows=rows), on_adapter=keep)
     if result.status != "published":
         raise RuntimeError(result.error or "training failed")

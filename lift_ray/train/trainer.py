@@ -52,6 +52,7 @@ def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResul
         "qa_count": result.qa_count,
         "segment_count": result.segment_count,
         "final_loss": result.history.final_loss,
+        "quality": result.quality or None,
         "epoch_losses": result.history.epoch_losses,
         "step_losses": result.history.step_losses,
         "trained_tokens": result.history.trained_tokens,

@@ -28,7 +28,7 @@ SYSTEM = "You are a helpful assistant."
 
 
 def _config(**overrides: Any) -> LiftConfig:
-    base = {"train.epochs": 2, "train.batch_size": 4}
+    base = {"train.epochs": 2, "train.batch_size": 4, "train.holdout_share": 0}
     return load_config(LiftConfig, None, [f"{k}={v}" for k, v in {**base, **overrides}.items()])
 
 

@@ -239,14 +239,25 @@ def test_judge_replies_are_parsed(reply, score):
 # ---------------------------------------------------------------- methods
 
 
-def test_the_six_methods_and_what_they_need():
-    assert METHOD_NAMES == ("base", "icl", "finetune_raw", "lift", "lift_10qa", "lift_icl")
+def test_the_methods_and_what_they_need():
+    assert METHOD_NAMES == (
+        "base",
+        "icl",
+        "finetune_raw",
+        "lift",
+        "lift_distill",
+        "lift_sft_distill",
+        "lift_10qa",
+        "lift_icl",
+    )
     needs = {m.name: (m.adapter is not None, m.context) for m in METHODS}
     assert needs == {
         "base": (False, False),
         "icl": (False, True),
         "finetune_raw": (True, False),
         "lift": (True, False),
+        "lift_distill": (True, False),
+        "lift_sft_distill": (True, False),
         "lift_10qa": (True, False),
         "lift_icl": (True, True),
     }
@@ -419,8 +430,14 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
     )
     docqa_runs = [run for run in lifted if run[2] == len(documents)]
-    assert sorted(run[0] for run in docqa_runs) == ["eval-finetune_raw", "eval-lift", "eval-lift_10qa"]
-    assert sorted(run[1] for run in lifted if run[2] == 2) == ["niah", "niah", "niah"]  # 2 haystacks each
+    assert sorted(run[0] for run in docqa_runs) == [
+        "eval-finetune_raw",
+        "eval-lift",
+        "eval-lift_10qa",
+        "eval-lift_distill",
+        "eval-lift_sft_distill",
+    ]
+    assert sorted(run[1] for run in lifted if run[2] == 2) == ["niah"] * 5  # 2 haystacks each
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name

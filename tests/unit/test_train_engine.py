@@ -24,7 +24,7 @@ FACTS = ["red kite", "blue boat", "green lamp", "gold ring", "grey wall", "pink 
 
 
 def _config(**overrides: Any) -> LiftConfig:
-    base = {"train.epochs": 2, "train.batch_size": 4}
+    base = {"train.epochs": 2, "train.batch_size": 4, "train.holdout_share": 0}
     return load_config(LiftConfig, None, [f"{k}={v}" for k, v in {**base, **overrides}.items()])
 
 

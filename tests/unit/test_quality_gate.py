@@ -1,0 +1,71 @@
+"""The quality gate without Ray: which pairs are held out, and what the trainer does with the score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lift_ray.config import LiftConfig, load_config
+from lift_ray.train.dataset import holdout_split
+from lift_ray.train.loop import AdapterTrainer, DocumentJob
+
+
+def _config(**overrides: Any) -> LiftConfig:
+    base = {"train.epochs": 2, "train.batch_size": 4}
+    return load_config(LiftConfig, None, [f"{k}={v}" for k, v in {**base, **overrides}.items()])
+
+
+def _pairs(i: int) -> list[dict[str, str]]:
+    return [
+        {"question": f"Who built bridge {i}?", "answer": f"Anna Varn {i}"},
+        {"question": f"In which year was bridge {i} built?", "answer": f"{1800 + i}"},
+        {"question": f"Which engineer was responsible for bridge {i}?", "answer": f"Anna Varn {i}"},
+    ]
+
+
+def test_only_a_pair_whose_answer_another_pair_gives_is_held_out_at_most_one_per_sentence() -> None:
+    held_rows = 0
+    for i in range(40):
+        train, held = holdout_split(_pairs(i), 0.5, "0")
+        assert train + held != [] and len(held) <= 1 and len(train) + len(held) == 3
+        if held:
+            held_rows += 1
+            assert held[0]["answer"] == f"Anna Varn {i}"  # never the year, which no other pair gives
+            assert any(p["answer"] == held[0]["answer"] for p in train)  # the fact is still trained
+        assert holdout_split(_pairs(i), 0.5, "0") == (train, held)  # the same on every rank and run
+    assert 10 <= held_rows <= 30  # about half of the sentences
+    assert holdout_split(_pairs(1), 0.0, "0") == (_pairs(1), [])
+    assert holdout_split(_pairs(1), 1.0, "0")[1] != []
+    unique = [{"question": "Q1?", "answer": "one"}, {"question": "Q2?", "answer": "two"}]
+    assert holdout_split(unique, 1.0, "0") == (unique, [])  # no answer given twice: nothing to hold out
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    return [{"doc_id": "doc", "sentence_index": i, "qa_json": json.dumps(_pairs(i))} for i in range(count)]
+
+
+def test_held_out_pairs_are_not_trained_and_the_score_lands_in_the_result(tiny_model_dir: Path) -> None:
+    trainer = AdapterTrainer(tiny_model_dir, _config(**{"train.holdout_share": 1.0}))
+    rows = _rows(4)
+    assert len(trainer.qa_examples(rows)) == 8  # 12 pairs, one held out per sentence
+    result = trainer.train_document(DocumentJob("doc", rows=rows))
+    quality = result.quality
+    assert quality["holdout_pairs"] == 4 and 0.0 <= quality["holdout_score"] <= 1.0
+    assert quality["passed"] and quality["extra_epochs"] == 0 and len(result.history.epoch_losses) == 2
+    assert result.qa_count == 12 and "gate_s" in result.timings
+
+
+def test_an_adapter_below_the_bar_trains_more_then_is_reported_not_passed(tiny_model_dir: Path) -> None:
+    config = _config(**{"train.holdout_share": 1.0, "train.min_quality": 1.0, "train.quality_retry_epochs": 2})
+    result = AdapterTrainer(tiny_model_dir, config).train_document(DocumentJob("doc", rows=_rows(3)))
+    # A random-weight model answers nothing: two more epochs, then the verdict.
+    assert result.quality["holdout_score"] == 0.0 and result.quality["extra_epochs"] == 2
+    assert result.quality["passed"] is False and len(result.history.epoch_losses) == 4
+
+
+def test_no_gate_without_a_holdout_share(tiny_model_dir: Path) -> None:
+    result = AdapterTrainer(tiny_model_dir, _config(**{"train.holdout_share": 0})).train_document(
+        DocumentJob("doc", rows=_rows(2))
+    )
+    assert result.quality == {} and "gate_s" not in result.timings
