@@ -8,18 +8,17 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
 from lift_ray.corpus import Corpus, CorpusError, fail_long_documents, read_corpus
 from lift_ray.documents import Document, validate_doc_id
+from lift_ray.ray_connect import RayClusterUnreachable
+from lift_ray.report import DocumentReport
 from lift_ray.storage import Store, StoreError, write_json_lines
-
-if TYPE_CHECKING:
-    from lift_ray.pipeline import DocumentReport
 
 log = logging.getLogger("lift_ray")
 REPORTS_FOLDER = "_reports"
@@ -57,8 +56,10 @@ def start_serve(config: ServeConfig, app_name: str = "lift") -> str:
     from ray import serve
 
     from lift_ray.client import wait_until_healthy
+    from lift_ray.ray_connect import connect_ray
     from serve.app import build_app
 
+    connect_ray(namespace="serve")  # as serve.start would (Ray Serve's namespace), but bounded on a dead cluster
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config), name=app_name, route_prefix=config.route_prefix, blocking=False)
     url = f"http://{config.host}:{config.port}"
@@ -79,8 +80,6 @@ def report_key(run_id: str, name: str) -> str:
 
 def report_rows(corpus: Corpus, reports: Sequence[DocumentReport]) -> list[dict[str, Any]]:
     """One JSON-ready row per document: read failures first, then what the pipeline did, each with its source."""
-    from lift_ray.pipeline import DocumentReport
-
     rows = []
     for failure in corpus.failures:
         report = DocumentReport(failure.name, status="failed", error=failure.reason)
@@ -98,7 +97,6 @@ def report_after_crash(
     Documents finish one by one, so some were published before the breakdown (or in an earlier run); their
     manifests say so, and a rerun skips them.
     """
-    from lift_ray.pipeline import DocumentReport
     from lift_ray.storage import read_manifest
 
     try:
@@ -109,6 +107,7 @@ def report_after_crash(
         not manifest
         or manifest.get("config_hash") != config.adapter_hash()
         or manifest.get("doc_sha256") != document.sha256
+        or not manifest.get("published_at")
     ):
         return DocumentReport(document.doc_id, status="failed", error=error)
     published_at = datetime.fromisoformat(manifest["published_at"])
@@ -189,22 +188,18 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
     except CorpusError as exc:
         _error(str(exc))
         return 2
-    for failure in fail_long_documents(corpus, config.corpus.max_sentences, config.sentences.max_sentence_chars):
-        say(f"too long: {failure.source}: {failure.reason}")
     if not corpus.documents and not corpus.failures:
         _error(f"no documents found in {list(inputs)}")
         return 2
 
-    reports: list[DocumentReport] = []
-    if corpus.documents:
-        from lift_ray.pipeline import lift_documents
-
-        try:
-            reports = lift_documents(corpus.documents, config)
-        except Exception as exc:  # the run as a whole broke: documents without an adapter fail with the reason
-            log.exception("the LIFT pipeline failed")
-            error = f"pipeline failed: {type(exc).__name__}: {exc}"
-            reports = [report_after_crash(d, config, store, error, started_at) for d in corpus.documents]
+    # From here on every document gets a row in the report, whatever breaks (a module missing from the job's
+    # Python, a dead cluster, the pipeline): documents without an adapter fail with the reason.
+    try:
+        reports = _lift_corpus(corpus, config, say)
+    except Exception as exc:
+        log.exception("the LIFT pipeline failed")
+        error = f"pipeline failed: {type(exc).__name__}: {exc}"
+        reports = [report_after_crash(d, config, store, error, started_at) for d in corpus.documents]
 
     rows = report_rows(corpus, reports)
     for row in rows:
@@ -227,6 +222,17 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
     print(f"report: {report_uri}", flush=True)
     print(f"summary: {store.child_uri(report_key(run_id, SUMMARY_NAME))}", flush=True)
     return 1 if summary["counts"]["failed"] else 0
+
+
+def _lift_corpus(corpus: Corpus, config: LiftConfig, say: Callable[[str], None]) -> list[DocumentReport]:
+    """The cost guard (too-long documents join the read failures), then the pipeline on the rest."""
+    for failure in fail_long_documents(corpus, config.corpus.max_sentences, config.sentences.max_sentence_chars):
+        say(f"too long: {failure.source}: {failure.reason}")
+    if not corpus.documents:
+        return []
+    from lift_ray import pipeline
+
+    return pipeline.lift_documents(corpus.documents, config)
 
 
 def _lift_command(args: argparse.Namespace, inputs: list[str]) -> int:
@@ -361,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         serve_config = load_config(ServeConfig, args.config, args.overrides)
         print("serve config:\n" + serve_config.model_dump_json(indent=2))
-        url = start_serve(serve_config)
+        try:
+            url = start_serve(serve_config)
+        except RayClusterUnreachable as exc:
+            print(f"lift-ray serve: {exc}", file=sys.stderr, flush=True)
+            return 2
         print(f"serving on {url} (Ctrl-C to stop)")
         while True:
             time.sleep(3600)

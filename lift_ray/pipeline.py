@@ -15,11 +15,11 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document, DocumentError, sentence_rows
+from lift_ray.report import DocumentReport
 from lift_ray.storage import (
     Store,
     document_prefix,
@@ -33,32 +33,6 @@ from lift_ray.train.loop import DocumentJob
 log = logging.getLogger(__name__)
 
 SPLIT_TASK_CPUS = 0.25
-
-
-@dataclass
-class DocumentReport:
-    """What happened to one document in a LIFT run."""
-
-    doc_id: str
-    status: str  # published | skipped | failed
-    error: str | None = None
-    sentences: int = 0
-    sentences_with_pairs: int = 0
-    qa_count: int = 0
-    malformed_outputs: int = 0
-    retried_sentences: int = 0
-    dropped_pairs: int = 0
-    ungrounded_pairs: int = 0
-    unverified_pairs: int = 0
-    cached_sentences: int = 0
-    final_loss: float | None = None
-    adapter_uri: str | None = None
-    adapter_bytes: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as plain JSON-ready data."""
-        return asdict(self)
 
 
 def qa_cache_key(document: Document, config: LiftConfig) -> str:
@@ -77,11 +51,10 @@ def qa_cache_path(namespace: str, document: Document, config: LiftConfig) -> str
 
 
 def ensure_ray() -> None:
-    """Connect to the Ray cluster of this job (or start a local one)."""
-    import ray
+    """Connect to the Ray cluster of this job (or start a local one); a dead one fails in bounded time."""
+    from lift_ray.ray_connect import connect_ray
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    connect_ray(log_to_driver=True)
 
 
 def blocks_of(dataset: Any, rows: int, num_cpus: float) -> Any:
@@ -196,7 +169,7 @@ def train_and_publish(
     from lift_ray.train.trainer import train_documents_on_ray
 
     del store  # rank 0 publishes to config.storage.root itself
-    rows = [{"sentence_index": 0, "qa_json": json.dumps(pairs)}]
+    rows = [{"sentence_index": i, "qa_json": json.dumps([pair])} for i, pair in enumerate(pairs)]  # none held out
     job = DocumentJob(document.doc_id, document.sha256, document.text, rows=rows)
     started = time.time()
     results, error = train_documents_on_ray(config, [job])
@@ -249,6 +222,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     ensure_ray()
     store = Store.from_uri(config.storage.root)
     namespace, config_hash = config.storage.namespace, config.adapter_hash()
+    qa_namespace = config.storage.qa_namespace or namespace
     reports: dict[str, DocumentReport] = {}
     todo: list[Document] = []
     for document in documents:
@@ -270,7 +244,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     known_rows: dict[str, list[dict[str, Any]]] = {}
     to_generate: list[Document] = []
     for document in todo:
-        cache_key = qa_cache_path(namespace, document, config)
+        cache_key = qa_cache_path(qa_namespace, document, config)
         if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
             known_rows[document.doc_id] = []
             reports[document.doc_id].timings["generate_s"] = 0.0
@@ -292,7 +266,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
         elapsed = round(time.perf_counter() - started, 2)
         for document in to_generate:
             known_rows[document.doc_id] = generated[document.doc_id]
-            write_json_lines(store, qa_cache_path(namespace, document, config), generated[document.doc_id])
+            write_json_lines(store, qa_cache_path(qa_namespace, document, config), generated[document.doc_id])
             reports[document.doc_id].timings["generate_s"] = elapsed
         log.info("generated QA for %d documents in %.1f s", len(to_generate), elapsed)
         to_generate = []
@@ -313,7 +287,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
             continue
         jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
     for document in to_generate:
-        cache_key = qa_cache_path(namespace, document, config)
+        cache_key = qa_cache_path(qa_namespace, document, config)
         expected = sentence_count(document, config)
         jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, None, expected, cache_key))
     stream = build_qa_stream(to_generate, config) if to_generate else None

@@ -286,7 +286,8 @@ class OpenAIIngress:
                         key: manifest.get(key)
                         for key in ("qa_count", "adapter_bytes", "variant", "base_model", "final_loss")
                     }
-                    | {"rank": (manifest.get("lora") or {}).get("rank"), "with_context": "document_text" in manifest},
+                    | {"rank": (manifest.get("lora") or {}).get("rank"), "with_context": "document_text" in manifest}
+                    | {"quality": manifest.get("quality")},
                 }
             )
         return {"object": "list", "data": data}

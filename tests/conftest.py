@@ -16,6 +16,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "integration: slower end-to-end test (Ray cluster, real model)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests where torch sees no CUDA GPU (`make unit` on a CPU machine), saying why."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for the session; boto3 here and in child processes (Ray workers) uses it."""

@@ -12,6 +12,7 @@ import os
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,7 @@ class VLLMLoRAEngine:
     One thread owns the engine: it builds `vllm.LLM`, takes requests and adapter changes from a queue and
     steps the engine while anything is unfinished (continuous batching), handing each request its text
     deltas. The engine core runs in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` on CPU).
+    `batch_stats()` says how many requests, and of how many models, each engine step decoded together.
     """
 
     name = "vllm"
@@ -329,7 +331,10 @@ class VLLMLoRAEngine:
         self.tokenizer = load_tokenizer(model_dir)
         self.max_model_len: int | None = config.vllm.max_model_len
         self._commands: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
-        self._streams: dict[str, tuple[queue.Queue, _IncrementalText, int]] = {}
+        # request id -> (its chunks, its text so far, prompt tokens, its model: adapter key or None for the base)
+        self._streams: dict[str, tuple[queue.Queue, _IncrementalText, int, str | None]] = {}
+        self._steps_by_requests: Counter[int] = Counter()
+        self._steps_by_models: Counter[int] = Counter()
         self._loras: dict[str, Any] = {}
         self._next_lora_id = 1
         self._ready = threading.Event()
@@ -428,12 +433,19 @@ class VLLMLoRAEngine:
                     outputs = engine.step()
                 except BaseException as exc:  # the engine is broken: fail every open stream
                     log.exception("vLLM step failed")
-                    for out, _, _ in self._streams.values():
+                    for out, *_ in self._streams.values():
                         out.put(exc)
                     self._streams.clear()
                     continue
+                self._count_step(outputs)
                 for output in outputs:
                     self._deliver(output)
+
+    def _count_step(self, outputs: list[Any]) -> None:
+        streams = [self._streams[o.request_id] for o in outputs if o.request_id in self._streams]
+        if streams:
+            self._steps_by_requests[len(streams)] += 1
+            self._steps_by_models[len({model for *_, model in streams})] += 1
 
     def _apply(self, engine: Any, kind: str, payload: Any, reply: Callable[[Any], None]) -> None:
         try:
@@ -464,7 +476,8 @@ class VLLMLoRAEngine:
             seed=request.seed if request.temperature > 0 else None,
             output_kind=RequestOutputKind.DELTA,
         )
-        self._streams[request_id] = (out, _IncrementalText(self.tokenizer, self._end_ids), len(request.prompt_ids))
+        text = _IncrementalText(self.tokenizer, self._end_ids)
+        self._streams[request_id] = (out, text, len(request.prompt_ids), request.adapter)
         try:
             engine.add_request(request_id, TokensPrompt(prompt_token_ids=request.prompt_ids), params, lora_request=lora)
         except BaseException:
@@ -475,7 +488,7 @@ class VLLMLoRAEngine:
         entry = self._streams.get(output.request_id)
         if entry is None:
             return
-        out, text, prompt_tokens = entry
+        out, text, prompt_tokens, _ = entry
         completion = output.outputs[0]
         delta = text.add(list(completion.token_ids))
         if output.finished:
@@ -495,6 +508,14 @@ class VLLMLoRAEngine:
         return value
 
     # -- the interface
+
+    def batch_stats(self) -> dict[str, dict[int, int]]:
+        """Engine steps so far, counted by how many requests they decoded together (`by_requests`) and by how
+        many models those requests asked for (`by_models`: documents' adapters, the base model counting as one).
+        `{"by_models": {1: 40, 3: 6}}`: six steps decoded requests of three models in one batch."""
+        return self._call(
+            lambda engine: {"by_requests": dict(self._steps_by_requests), "by_models": dict(self._steps_by_models)}
+        )
 
     def add_adapter(self, key: str, path: Path) -> None:
         """Register the adapter as a `LoRARequest` and load it into vLLM's adapter cache now."""

@@ -9,6 +9,8 @@ import pytest
 
 from lift_ray.train.feed import RowFeed, feed_rows, pump_rows
 
+pytestmark = pytest.mark.integration
+
 
 def test_rows_reach_the_reader_while_later_rows_are_still_being_generated(ray_cluster):
     import ray

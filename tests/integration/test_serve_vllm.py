@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,14 +19,37 @@ pytestmark = pytest.mark.integration
 
 APP, ROUTE, NAMESPACE = "lift-vllm", "/vllm", "vllm-docs"
 QUESTIONS = ["Name three colours.", "What is the capital of France?"]
+MAX_TOKENS = 8
+
+
+def probed_app(config: ServeConfig) -> Any:
+    """`serve.app.build_app(config)`, with an adapter model that also answers `batch_stats()` (its engine's
+    counts of what each vLLM step decoded together), so a test can see that batching happened."""
+    from ray import serve
+
+    from serve.app import AdapterModel, OpenAIIngress, deployment_options
+
+    class ProbedAdapterModel(AdapterModel.func_or_class):
+        def batch_stats(self) -> dict[str, dict[int, int]]:
+            return self.service.engine.batch_stats()
+
+    model = serve.deployment(ProbedAdapterModel).options(**deployment_options(config)).bind(config)
+    ingress = OpenAIIngress.options(
+        ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max(100, 4 * config.max_ongoing_requests)
+    )
+    return ingress.bind(model, config, None)
+
+
+def batch_stats() -> dict[str, dict[int, int]]:
+    from ray import serve
+
+    return serve.get_deployment_handle("ProbedAdapterModel", app_name=APP).batch_stats.remote().result()
 
 
 @pytest.fixture(scope="module")
 def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> Iterator[str]:
     """A vLLM app on the running Serve proxy: two adapters per batch, two in memory."""
     from ray import serve
-
-    from serve.app import build_app
 
     store = Store.from_uri(s3_store_root)
     made = tmp_path_factory.mktemp("vllm-adapters")
@@ -44,38 +66,60 @@ def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> 
         max_adapters_per_replica=2,
         adapter_cache_dir=tmp_path_factory.mktemp("vllm-cache"),
         num_cpus_per_replica=0.3,
-        max_new_tokens=8,
+        max_new_tokens=MAX_TOKENS,
     )
-    serve.run(build_app(config), name=APP, route_prefix=ROUTE, blocking=False)
+    assert not config.tenants.api_keys  # build_app hands the model replicas a config without keys: nothing to drop
+    serve.run(probed_app(config), name=APP, route_prefix=ROUTE, blocking=False)
     url = serve_url + ROUTE
     wait_until_healthy(url, timeout=600)
     yield url
     serve.delete(APP)
 
 
-def ask(url: str, model: str, question: str) -> tuple[str, dict[str, Any]]:
+def ask(url: str, model: str, question: str) -> str:
+    """The answer's text, after checking that the reply is a whole chat completion for `model`."""
     reply = post_json(
         f"{url}/v1/chat/completions",
-        {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 8},
+        {"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": MAX_TOKENS},
     )
-    return reply["choices"][0]["message"]["content"], reply["usage"]
+    assert reply["object"] == "chat.completion" and reply["model"] == model, reply
+    [choice] = reply["choices"]
+    assert choice["message"]["role"] == "assistant" and choice["finish_reason"] in ("stop", "length"), reply
+    content = choice["message"]["content"]
+    assert isinstance(content, str) and content.strip(), reply
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= MAX_TOKENS, reply
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"], reply
+    return content
+
+
+def _steps_since(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    return {size: count - before.get(size, 0) for size, count in after.items() if count > before.get(size, 0)}
 
 
 def test_requests_for_different_documents_batch_together_and_answer_as_alone(endpoint):
     asks = [(model, question) for model in ("v1", "v2", "base") for question in QUESTIONS]
-    alone = [ask(endpoint, model, question)[0] for model, question in asks]
+    start = batch_stats()
+    alone = [ask(endpoint, model, question) for model, question in asks]
+    sequential = batch_stats()
+    assert set(_steps_since(start["by_requests"], sequential["by_requests"])) == {1}  # one request in each step
     with ThreadPoolExecutor(max_workers=len(asks)) as pool:
-        together = list(pool.map(lambda a: ask(endpoint, *a)[0], asks))
+        together = list(pool.map(lambda a: ask(endpoint, *a), asks))
+    concurrent = batch_stats()
+    by_models = _steps_since(sequential["by_models"], concurrent["by_models"])
+    by_requests = _steps_since(sequential["by_requests"], concurrent["by_requests"])
+    # the engine decoded requests of different documents (and the base model) in the same step
+    assert max(by_models) >= 2 and max(by_requests) >= 2, concurrent
     assert together == alone
     base = alone[4:]
     assert alone[0:2] != base or alone[2:4] != base, alone  # the adapters change the answers
 
 
 def test_evicted_adapter_comes_back_with_the_same_answer_and_streams(endpoint):
-    first = ask(endpoint, "v1", QUESTIONS[0])[0]
+    first = ask(endpoint, "v1", QUESTIONS[0])
     ask(endpoint, "v2", QUESTIONS[0])
-    status, headers, _ = call(endpoint, "/v1/chat/completions", _body("v3"))
-    assert status == 200
+    status, headers, reply = call(endpoint, "/v1/chat/completions", _body("v3"))
+    assert status == 200 and reply["model"] == "v3" and reply["choices"][0]["message"]["content"].strip(), reply
     status, headers, text = call(endpoint, "/v1/chat/completions", {**_body("v1"), "stream": True})
     assert status == 200 and headers["x-lift-adapter-source"] == "disk"  # v3 pushed v1 out of memory
     parsed = events(text)
@@ -94,5 +138,9 @@ def _body(model: str) -> dict[str, Any]:
 
 def test_models_lists_the_namespace(endpoint):
     status, _, reply = call(endpoint, "/v1/models")
-    assert status == 200 and [m["id"] for m in reply["data"]] == ["base", "v1", "v2", "v3"]
-    assert json.dumps(reply)  # plain JSON
+    assert status == 200 and reply["object"] == "list"
+    assert [m["id"] for m in reply["data"]] == ["base", "v1", "v2", "v3"]
+    assert all(m["object"] == "model" for m in reply["data"])
+    assert [m["owned_by"] for m in reply["data"]] == ["lift-ray", NAMESPACE, NAMESPACE, NAMESPACE]
+    # the adapters published above: their sizes from the manifests, no document text published with them
+    assert all(m["lift"]["adapter_bytes"] > 0 and m["lift"]["with_context"] is False for m in reply["data"][1:])

@@ -29,8 +29,15 @@ def test_sampler_tells_a_busy_process_from_an_idle_one() -> None:
     assert by_marker["busy-marker"] > 0.5 * span
     assert by_marker["idle-marker"] < 0.2 * span
     shares = cpu_shares(sampler, start, end, lambda command: "busy-marker" in command)
-    assert shares["worker_cpu_share"] > 0.5
-    assert shares["other_cpu_cores"] >= 0.0
+    assert shares["worker_cpu_share"] == round(by_marker["busy-marker"] / span, 3) > 0.5
+    # everything else: every sampled process but the measured one (the idle one, this one, the machine's rest)
+    others = sum(cpu for cpu, command in used.values() if "busy-marker" not in command)
+    assert shares["other_cpu_cores"] == round(others / span, 3)
+    assert others >= by_marker["idle-marker"]
+    # measuring the idle process instead moves the busy one's core into "everything else"
+    flipped = cpu_shares(sampler, start, end, lambda command: "idle-marker" in command)
+    assert flipped["worker_cpu_share"] == round(by_marker["idle-marker"] / span, 3) < 0.2
+    assert flipped["other_cpu_cores"] >= shares["worker_cpu_share"] - 0.002  # rounding of both
 
 
 def test_a_window_without_samples_is_an_error() -> None:

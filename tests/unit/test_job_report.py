@@ -337,3 +337,41 @@ def test_after_a_pipeline_crash_documents_with_an_adapter_are_reported_from_thei
     assert by_id["three"]["status"] == "failed"
     assert by_id["three"]["error"] == "pipeline failed: RuntimeError: the Ray cluster went away"
     assert summary["counts"] == {"published": 1, "skipped": 1, "failed": 1}
+
+
+# --- a crash anywhere after the inputs are read still writes the report -------------------------------------------
+
+
+def test_a_crash_in_the_long_document_check_still_writes_the_report(
+    corpus_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The job's Python lacked a module the sentence splitter needs: every document fails with the reason."""
+    from lift_ray import cli
+
+    def no_splitter(*_args: Any) -> None:
+        raise ModuleNotFoundError("No module named 'pysbd'")
+
+    monkeypatch.setattr(cli, "fail_long_documents", no_splitter)
+    output = str(tmp_path / "store")
+    assert main(["lift", str(corpus_dirs["good"]), "--output", output, "--run-id", "no-splitter"]) == 1
+    rows, summary = _read_run(output, "no-splitter")
+    assert [(r["doc_id"], r["status"]) for r in rows] == [("one", "failed"), ("two", "failed")]
+    assert {r["error"] for r in rows} == {"pipeline failed: ModuleNotFoundError: No module named 'pysbd'"}
+    assert summary["counts"] == {"published": 0, "skipped": 0, "failed": 2}
+
+
+def test_a_pipeline_that_cannot_be_imported_still_writes_the_report(
+    corpus_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`lift_ray.pipeline` (torch, Ray) fails to import: the report rows must not need it."""
+    import lift_ray
+
+    monkeypatch.delattr(lift_ray, "pipeline", raising=False)
+    monkeypatch.setitem(sys.modules, "lift_ray.pipeline", None)  # any import of it now raises ModuleNotFoundError
+    output = str(tmp_path / "store")
+    assert main(["lift", str(corpus_dirs["good"]), "--output", output, "--run-id", "no-pipeline"]) == 1
+    rows, summary = _read_run(output, "no-pipeline")
+    assert [(r["doc_id"], r["status"]) for r in rows] == [("one", "failed"), ("two", "failed")]
+    assert all(r["error"].startswith("pipeline failed: ModuleNotFoundError: ") for r in rows)
+    assert "lift_ray.pipeline" in rows[0]["error"]
+    assert summary["counts"]["failed"] == 2

@@ -1,0 +1,464 @@
+"""Figures that README.md and docs/*.md quote from docs/results/*.json say what the JSON says.
+
+Every quoted figure is one `Quote` in `QUOTES`: the doc; an anchor, text that occurs once in the doc (or once
+in one benchmark's `<!-- bench:NAME -->` section of docs/benchmarks.md, whose figures come from NAME.json);
+the results file and the key path of the value (or a function of the file, for a ratio or a count); and how
+the doc writes it: `shown` is a format string for the value, rounded half up to `digits` (None: the number
+as the JSON writes it) after multiplying by `scale`. The figure, as shown, must follow the anchor: in the
+anchor's row for a table, else within `WINDOW` characters, and never as part of a longer number. When a
+benchmark rewrites its JSON, this test names each sentence that still quotes the old figure; when a doc
+starts quoting a figure from docs/results, add it here (docs/benchmarks.md says so).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "docs" / "results"
+WINDOW = 200  # characters after a prose anchor in which its figures must appear
+
+Key = str | Callable[[dict[str, Any]], Any]  # a dotted key path ('engines.hf_batch1.startup_s') or a function
+
+
+@dataclass(frozen=True)
+class Quote:
+    doc: str
+    anchor: str
+    source: str
+    key: Key
+    shown: str = "{}"
+    digits: int | None = None
+    scale: float = 1.0
+    section: str | None = None
+
+    def expected(self) -> str:
+        data = results(self.source)
+        value = self.key(data) if callable(self.key) else lookup(data, self.key)
+        return self.shown.format(written(value, self.digits, self.scale))
+
+    def __str__(self) -> str:
+        section = f"[bench:{self.section}]" if self.section else ""
+        return f"{self.doc}{section} {self.anchor!r} -> {self.source}:{getattr(self.key, '__name__', self.key)}"
+
+
+@cache
+def results(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def lookup(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def written(value: Any, digits: int | None, scale: float) -> str:
+    """`value` as the docs write it: text as it is; a number as JSON writes it, or scaled and rounded half up."""
+    if isinstance(value, str):
+        return value
+    if digits is None:
+        assert scale == 1.0, "give the digits of a scaled figure"
+        return json.dumps(value)
+    return str(Decimal(repr(value * scale)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def named(name: str, function: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    function.__name__ = name
+    return function
+
+
+def ratio(numerator: str, denominator: str) -> Callable[[dict[str, Any]], float]:
+    return named(f"{numerator} / {denominator}", lambda data: lookup(data, numerator) / lookup(data, denominator))
+
+
+def right(method: str) -> Callable[[dict[str, Any]], int]:
+    """How many questions `method` answered: its `contains` share of the questions it was asked."""
+    return named(f"{method}: contains x questions", lambda data: round(data[method]["contains"] * asked(data, method)))
+
+
+def right_of(method: str) -> Callable[[dict[str, Any]], str]:
+    """'N of M': questions `method` answered, of those it was asked."""
+    return named(f"{method}: right of asked", lambda data: f"{right(method)(data)} of {asked(data, method)}")
+
+
+def asked(data: dict[str, Any], method: str = "lift") -> int:
+    return sum(kind["count"] for kind in data[method]["by_kind"].values())
+
+
+def needles_found(data: dict[str, Any]) -> int:
+    """How many NIAH haystacks the LIFT adapters found their needle in (the docs say: all of them)."""
+    grid = data["lift"]["niah_grid"]
+    return len(grid) if all(score == 1.0 for score in grid.values()) else -1
+
+
+def count_of(key: str) -> Callable[[dict[str, Any]], int]:
+    return named(f"len({key})", lambda data: len(lookup(data, key)))
+
+
+BENCH = "docs/benchmarks.md"
+Row = list[Key | tuple[Key, dict[str, Any]]]
+
+
+def table(section: str, rows: dict[str, Row]) -> list[Quote]:
+    """Quotes of a benchmark's generated section: anchor -> the keys of `<section>.json` it shows."""
+    quotes = []
+    for anchor, keys in rows.items():
+        for key in keys:
+            key, how = key if isinstance(key, tuple) else (key, {})
+            quotes.append(Quote(BENCH, anchor, f"{section}.json", key, section=section, **how))
+    return quotes
+
+
+def prose(doc: str, source: str, figures: list[tuple[str, Key, dict[str, Any]]]) -> list[Quote]:
+    """Quotes written by hand: (anchor, key, how it is shown)."""
+    return [Quote(doc, anchor, source, key, **how) for anchor, key, how in figures]
+
+
+def settings(source: str) -> Row:
+    """A generated section's settings, printed as a Python dict: `'epochs': 2`."""
+    return [(f"settings.{name}", {"shown": f"'{name}': {{}}"}) for name in results(source)["settings"]]
+
+
+PERCENT = {"digits": 0, "scale": 100}
+MS_AS_S = {"digits": 1, "scale": 0.001}
+
+QUOTES: list[Quote] = [
+    # docs/benchmarks.md, the generated sections
+    *table(
+        "synth",
+        {
+            "## QA synthesis": [
+                "engines.vllm_batch16.device",
+                ("engines.vllm_batch16.sentences", {"shown": "{} sentences"}),
+                ("qa_per_sentence", {"shown": "m={},"}),
+                ("preset", {"shown": "preset `{}`"}),
+            ],
+            "require_grounded=": [("max_new_tokens", {"shown": "max_new_tokens={}"})],
+            **{
+                f"| {engine} | {batch} |": [
+                    f"engines.{key}.output_tokens_per_s",
+                    f"engines.{key}.qa_pairs_per_s",
+                    (
+                        ratio(f"engines.{key}.output_tokens_per_s", "engines.hf_batch1.output_tokens_per_s"),
+                        {"digits": 1, "shown": "{}x"},
+                    ),
+                    f"engines.{key}.startup_s",
+                    (f"engines.{key}.grounded_sentence_fraction", {**PERCENT, "shown": "{}%"}),
+                ]
+                for engine, batch, key in [
+                    ("vllm", 16, "vllm_batch16"),
+                    ("hf", 16, "hf_batch16"),
+                    ("hf", 1, "hf_batch1"),
+                ]
+            },
+        },
+    ),
+    *table(
+        "pipeline",
+        {
+            "## Pipeline": ["device", ("engine", {"shown": "engine {};"})],
+            "; {'": settings("pipeline.json"),
+            "| generate-then-train (s) |": ["sequential_s"],
+            "| pipelined (s) |": ["pipelined_s"],
+            "| speedup |": ["speedup"],
+            "| generation alone / training alone (s) |": ["generation_only_s", "training_only_s"],
+            "| pipelined / max(generation, training) |": ["pipelined_over_ideal"],
+            "| bulk: ": [("bulk_documents", {"shown": "{} documents"}), "bulk_ray_wall_s", "bulk_bare_wall_s"],
+            "| Ray Train start-up, once per run (s) |": ["ray_train_startup_s"],
+            "| fixed per-document overhead / step time |": ["per_doc_overhead_fraction"],
+            "(wall, incl. start-up) |": ["ray_train_overhead_fraction"],
+            "(steps only) |": ["ray_train_step_overhead_fraction"],
+            "| bulk steps: share of a core": ["bulk_ray_worker_cpu_share", "bulk_bare_worker_cpu_share"],
+            "| bulk steps: cores everything else": ["bulk_ray_other_cpu_cores", "bulk_bare_other_cpu_cores"],
+            "| remote generator (": [
+                ("remote_generator.epochs", {"shown": "({} epoch)"}),
+                "remote_generator.sequential_s",
+                "remote_generator.pipelined_s",
+            ],
+            "| remote generator: speedup |": ["remote_generator.speedup"],
+            "| remote generator: TTFT": ["remote_generator.sequential_ttft_s", "remote_generator.pipelined_ttft_s"],
+            "| remote generator: generation alone": [
+                "remote_generator.generation_only_s",
+                "remote_generator.training_only_s",
+            ],
+            "| remote generator: pipelined / max": ["remote_generator.pipelined_over_ideal"],
+        },
+    ),
+    *table(
+        "serve",
+        {
+            "## Serving": [
+                "device",
+                ("engine", {"shown": "engine `{}`;"}),
+                ("adapters_registered", {"shown": "{} rank-8 adapters"}),
+            ],
+            "registered on the S3 server": [
+                ("requests", {"shown": "{} requests"}),
+                ("concurrency", {"shown": "concurrency {}"}),
+                ("hot_adapters", {"shown": "over {} of them"}),
+                ("max_tokens", {"shown": "{} tokens each"}),
+                ("memory_adapters_per_replica", {"shown": "{} adapters in memory"}),
+            ],
+            "| base model alone |": ["requests", "errors", "base_p50_ms", "base_p99_ms"],
+            "| adapters, all |": ["requests", "errors", "p50_ms", "p99_ms"],
+            **{
+                f"| adapters from {tier} |": [
+                    f"by_source.{tier}.{key}" for key in ("requests", "p50_ms", "p99_ms", "load_p50_ms")
+                ]
+                for tier in ("memory", "disk", "store")
+            },
+            "| rank-16 adapter cold from S3": [(count_of("cold_load_all_ms"), {"shown": "(x{})"}), "cold_load_ms"],
+            "| base, one at a time |": ["unloaded_requests", "unloaded_base_p50_ms"],
+            "| warm adapter, one at a time |": ["unloaded_requests", "unloaded_warm_p50_ms"],
+            "(the adapter's own cost): ": [("unloaded_warm_vs_base", {"shown": "**{}**"})],
+            "(queueing included): ": ["warm_p50_vs_base"],
+            "Cold rank-16 adapter from S3 into memory: ": [("cold_load_ms", {"shown": "**{} ms**"})],
+            "errors: ": [("errors", {"shown": "**{}**"})],
+        },
+    ),
+    *table(
+        "online_batch",
+        {
+            "## Online LIFT": ["device", ("engine", {"shown": "engine {};"})],
+            "; {'": settings("online_batch.json"),
+            "posted together, one run each (s) |": [
+                ("settings.documents", {"shown": "| {} documents"}),
+                "per_document_runs_s",
+            ],
+            "| the same in one batched run": [
+                ("settings.batch_window_s", {"digits": 0, "shown": "after a {} s window"}),
+                "batched_s",
+            ],
+            "| speedup |": ["speedup"],
+            "| mean TTFT, one run each / batched (s) |": ["per_document_runs.mean_ttft_s", "batched_run.mean_ttft_s"],
+        },
+    ),
+    # docs/benchmarks.md, the notes written by hand beside the generated sections
+    *prose(
+        BENCH,
+        "synth.json",
+        [
+            (
+                "with the defaults (`answer_aware=retry`). vLLM",
+                ratio("engines.vllm_batch16.output_tokens_per_s", "engines.hf_batch1.output_tokens_per_s"),
+                {"digits": 1, "shown": "{}x the tokens/s of HF at batch 1"},
+            ),
+            (
+                "Every engine gave every sentence a",
+                "grounded_sentence_fraction",
+                {**PERCENT, "shown": "({}%; the goal is 90%)"},
+            ),
+        ],
+    ),
+    *prose(
+        BENCH,
+        "serve.json",
+        [
+            ("Notes on the serving figures above", "errors", {"shown": "{} errors in"}),
+            (
+                "Notes on the serving figures above",
+                named("requests under load and cold", lambda d: f"{2 * d['requests'] + len(d['cold_load_all_ms']):,}"),
+                {"shown": "{} requests under load or cold"},
+            ),
+            (
+                "Notes on the serving figures above",
+                named("2 x unloaded_requests", lambda d: 2 * d["unloaded_requests"]),
+                {"shown": "none in the {} sent one at a time"},
+            ),
+            (
+                "adapter comes from the S3 server into memory in",
+                "cold_load_ms",
+                {"digits": 0, "shown": "{} ms (median"},
+            ),
+            ("adapter comes from the S3 server into memory in", count_of("cold_load_all_ms"), {"shown": "of {};"}),
+            ("a warm adapter answered in", "unloaded_warm_p50_ms", {"digits": 0, "shown": "{} ms p50"}),
+            ("a warm adapter answered in", "unloaded_base_p50_ms", {"digits": 0, "shown": "model's {} ms"}),
+            ("a warm adapter answered in", "unloaded_warm_vs_base", {"shown": "({}x;"}),
+            ("decodes one request at a time, so", "concurrency", {"shown": "so {} requests in flight"}),
+            ("(base p50 ", "base_p50_ms", {**MS_AS_S, "shown": "(base p50 {} s"}),
+            ("(base p50 ", "base_requests_per_s", {"digits": 1, "shown": "at {} requests/s"}),
+            ("overtook that queue", "warm_p50_ms", {**MS_AS_S, "shown": "(p50 {} s)"}),
+            ('"warm / base" under load', "warm_p50_vs_base", {"shown": "under load ({})"}),
+            (
+                'The disk and store rows\' "load"',
+                "by_source.disk.load_p50_ms",
+                {**MS_AS_S, "digits": 0, "shown": "({} s p50)"},
+            ),
+            ("(a lone cold load is the", "cold_load_ms", {"digits": 0, "shown": "the {} ms"}),
+        ],
+    ),
+    *prose(
+        BENCH,
+        "online_batch.json",
+        [
+            ("its record says `published`", "settings.batch_window_s", {"digits": 0, "shown": "{} s window"}),
+            (
+                "every document finished within",
+                named(
+                    "min-max of per_document_runs.ttft_s",
+                    lambda d: (
+                        f"{min(d['per_document_runs']['ttft_s']):.0f}-{max(d['per_document_runs']['ttft_s']):.0f}"
+                    ),
+                ),
+                {"shown": "(TTFT {} s)"},
+            ),
+            (
+                "publish one by one",
+                named("batched_run.ttft_s", lambda d: ", ".join(map(str, d["batched_run"]["ttft_s"]))),
+                {"shown": "(TTFT {} s)"},
+            ),
+        ],
+    ),
+    # docs/architecture.md
+    *prose(
+        "docs/architecture.md",
+        "pipeline.json",
+        [
+            ("so start-up (", "ray_train_startup_s", {"shown": "({} s here to the workers' training function"}),
+            ("so start-up (", "bulk_model_load_s", {"shown": "then {} s to load the model"}),
+            (
+                "fixed cost per document measured at",
+                "per_doc_overhead_fraction",
+                {"digits": 1, "scale": 100, "shown": "{}% of its step time"},
+            ),
+        ],
+    ),
+    *prose("docs/architecture.md", "eval_lift_qwen.json", [("same checks) answered", right_of("lift"), {})]),
+    *prose("docs/architecture.md", "eval.json", [("on the same two documents, and", right_of("lift"), {})]),
+    *prose(
+        "docs/architecture.md",
+        "synth.json",
+        [
+            (
+                "and every sentence then had one",
+                "engines.vllm_batch16.grounded_sentence_fraction",
+                {**PERCENT, "shown": "({}%,"},
+            ),
+            ("and every sentence then had one", "engines.vllm_batch16.qa_pairs", {"shown": "{} pairs)"}),
+        ],
+    ),
+    # docs/operations.md
+    *prose(
+        "docs/operations.md",
+        "pipeline.json",
+        [
+            ("`jobs/bench_pipeline.py` LIFTed", "settings.main_document_sentences", {"shown": "an {}-sentence"}),
+            ("`jobs/bench_pipeline.py` LIFTed", "ttft.0.tokens", {"shown": "({}-token)"}),
+            ("`jobs/bench_pipeline.py` LIFTed", "settings.qa_per_sentence", {"shown": "m = {} and"}),
+            ("`jobs/bench_pipeline.py` LIFTed", "settings.epochs", {"shown": "and {} epochs"}),
+            ("`jobs/bench_pipeline.py` LIFTed", "sequential_s", {"shown": "{} s end to end generating first"}),
+            ("`jobs/bench_pipeline.py` LIFTed", "pipelined_s", {"shown": "{} s training while generating"}),
+        ],
+    ),
+    *prose(
+        "docs/operations.md",
+        "synth.json",
+        [
+            (
+                "`jobs/bench_synth.py` measured the vLLM",
+                "engines.vllm_batch16.output_tokens_per_s",
+                {"digits": 0, "shown": "generator at {} output tokens/s"},
+            ),
+            (
+                "`jobs/bench_synth.py` measured the vLLM",
+                "engines.vllm_batch16.qa_pairs_per_s",
+                {"digits": 2, "shown": "{} QA pairs/s"},
+            ),
+            ("`jobs/bench_synth.py` measured the vLLM", "qa_per_sentence", {"shown": "at m = {}."}),
+            ("which on the embedded model", "engines.vllm_batch16.retried_sentences", {"shown": "touched {} of"}),
+            ("which on the embedded model", "engines.vllm_batch16.sentences", {"shown": "of {} sentences"}),
+        ],
+    ),
+    # README.md: the evaluation figures in "Benchmarks" (not the demo paragraph at the top)
+    *prose(
+        "README.md",
+        "eval.json",
+        [
+            ("LIFT adapters of the 135M model answer", right_of("lift"), {"shown": "answer {} questions"}),
+            ("(m = 10 pairs per sentence:", right("lift_10qa"), {"shown": "sentence: {};"}),
+            ("(m = 10 pairs per sentence:", right("base"), {"shown": "model: {};"}),
+            ("(m = 10 pairs per sentence:", right("finetune_raw"), {"shown": "Finetune-Raw: {})"}),
+            ("find the needle in all", needles_found, {"shown": "all {} haystacks"}),
+        ],
+    ),
+]
+
+
+def region(quote: Quote) -> str:
+    text = (REPO / quote.doc).read_text()
+    if quote.section is None:
+        return text
+    start, end = f"<!-- bench:{quote.section} -->", f"<!-- /bench:{quote.section} -->"
+    assert text.count(start) == 1 and text.count(end) == 1, f"{quote.doc} has no single section {start}"
+    return text[text.index(start) : text.index(end)]
+
+
+def near(text: str, anchor: str) -> str:
+    """The text a figure of `anchor` (once in `text`) may be in: the anchor's table row, else the anchor and
+    the WINDOW characters after it."""
+    at = text.index(anchor)
+    line_start = text.rfind("\n", 0, at) + 1
+    if text.startswith("|", line_start):
+        line_end = text.find("\n", at)
+        return text[line_start : line_end if line_end >= 0 else len(text)]
+    return text[at : at + len(anchor) + WINDOW]
+
+
+def follows(text: str, anchor: str, figure: str) -> bool:
+    """Whether `figure` is near `anchor`, and not as part of a longer number."""
+    pattern = re.escape(figure)
+    if figure[:1].isdigit():
+        pattern = r"(?<![\d.])" + pattern
+    if figure[-1:].isdigit():
+        pattern += r"(?!\.?\d)"
+    return re.search(pattern, near(text, anchor)) is not None
+
+
+@pytest.mark.parametrize("quote", QUOTES, ids=str)
+def test_a_quoted_figure_matches_its_results_file(quote: Quote) -> None:
+    text = region(quote)
+    count = text.count(quote.anchor)
+    assert count == 1, f"{quote}: the anchor occurs {count} times; it must occur once"
+    figure = quote.expected()
+    assert follows(text, quote.anchor, figure), f"{quote}: {figure!r} is not in {near(text, quote.anchor)!r}"
+
+
+def test_the_quotes_cover_every_generated_section_and_name_results_that_exist() -> None:
+    assert {quote.source for quote in QUOTES} <= {path.name for path in RESULTS.glob("*.json")}
+    sections = set(re.findall(r"<!-- bench:(\w+) -->", (REPO / BENCH).read_text()))
+    assert sections == {quote.section for quote in QUOTES if quote.section}
+
+
+@pytest.mark.parametrize(
+    ("text", "figure", "found"),
+    [
+        ("| speedup | 0.96 |", "0.96", True),
+        ("| speedup | 10.96 |", "0.96", False),  # the end of a longer number
+        ("| speedup | 0.961 |", "0.96", False),  # the start of one
+        ("| speedup | 0.9 |\n| other | 0.96 |", "0.96", False),  # not in the anchor's row
+        ("| 3 documents | speedup | 0.9 |", "3 documents", True),  # anywhere in the anchor's row
+        ("speedup was 137.", "137", True),
+        ("speedup was 137.5", "137", False),
+        ("speedup " + "x" * WINDOW + " 137", "137", False),  # too far from the anchor
+    ],
+)
+def test_a_figure_counts_only_whole_and_near_its_anchor(text: str, figure: str, found: bool) -> None:
+    anchor = "| speedup |" if text.startswith("|") else "speedup"
+    assert follows(text, anchor, figure) is found
+
+
+def test_figures_are_rounded_half_up_as_the_docs_write_them() -> None:
+    assert written(136.5, 0, 1.0) == "137"  # Python's round() would say 136
+    assert written(0.035, 1, 100) == "3.5"
+    assert written(22981.0, 0, 0.001) == "23"
+    assert written(10.0, None, 1.0) == "10.0" and written(1000, None, 1.0) == "1000"
