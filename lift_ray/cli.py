@@ -24,7 +24,7 @@ log = logging.getLogger("lift_ray")
 REPORTS_FOLDER = "_reports"
 REPORT_NAME = "report.jsonl"
 SUMMARY_NAME = "summary.json"
-REPORT_STATUSES = ("published", "skipped", "failed")
+REPORT_STATUSES = ("published", "low_quality", "skipped", "failed")
 SAMPLE_DOCUMENT = Path(__file__).resolve().parent.parent / "samples" / "orvella.txt"
 DEMO_QUESTIONS = [
     ("Who started the Orvella Glass Works?", "Ilsa Varnholt"),

@@ -150,7 +150,7 @@ def _apply_result(
     timings = result["timings"]
     if "generate_s" not in report.timings:  # streamed: the document's QA was complete at qa_ready_at
         report.timings["generate_s"] = round(timings["qa_ready_at"] - run_started, 2)
-    for name in ("train_s", "publish_s", "compute_s", "wait_s", "overhead_s"):
+    for name in ("train_s", "gate_s", "publish_s", "compute_s", "wait_s", "overhead_s"):
         if name in timings:
             report.timings[name] = round(timings[name], 2)
     report.timings["model_load_s"] = round(result.get("load_s", 0.0), 2)
@@ -160,6 +160,14 @@ def _apply_result(
     report.status, report.error = result["status"], result["error"]
     report.adapter_uri = result["adapter"].get("adapter_uri")
     report.adapter_bytes = result["adapter"].get("adapter_bytes")
+    report.quality = result.get("quality") or None
+    if report.status == "published" and report.quality and report.quality.get("passed") is False:
+        report.status = "low_quality"  # published and served, but flagged: its manifest and /v1/models say so
+        report.error = (
+            f"answered {report.quality['holdout_score']:.0%} of {report.quality['holdout_pairs']} held-out "
+            f"questions, below train.min_quality ({report.quality['min_quality']:.0%}), after "
+            f"{report.quality['extra_epochs']} extra epochs"
+        )
 
 
 def train_and_publish(

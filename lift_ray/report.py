@@ -15,7 +15,7 @@ class DocumentReport:
     """What happened to one document in a LIFT run."""
 
     doc_id: str
-    status: str  # published | skipped | failed
+    status: str  # published | low_quality | skipped | failed
     error: str | None = None
     sentences: int = 0
     sentences_with_pairs: int = 0
@@ -29,6 +29,7 @@ class DocumentReport:
     final_loss: float | None = None
     adapter_uri: str | None = None
     adapter_bytes: int | None = None
+    quality: dict[str, Any] | None = None  # the quality gate's verdict (lift_ray/train/gate.py)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -437,6 +437,7 @@ class AdapterTrainer:
         held = [pair for row in rows for pair in self.row_pairs(row)[1]]
         if not held:
             result.quality = {"holdout_pairs": 0, "holdout_score": None, "extra_epochs": 0, "passed": True}
+            result.quality["min_quality"] = train.min_quality
             return
         score, extra = self.holdout_score(held), 0
         while score < train.min_quality and extra < train.quality_retry_epochs:
@@ -451,6 +452,7 @@ class AdapterTrainer:
             "holdout_pairs": len(held),
             "holdout_score": round(score, 4),
             "extra_epochs": extra,
+            "min_quality": train.min_quality,
             "passed": score >= train.min_quality,
         }
         log.info("%s: quality gate %s", result.doc_id, result.quality)

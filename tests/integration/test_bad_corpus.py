@@ -235,5 +235,5 @@ def test_ten_kinds_of_bad_input_each_fail_alone_and_every_good_document_is_publi
     assert {key.split("/")[1] for key in keys} <= {"good-museum", "good-orvella", "garbled"}
     assert not [key for key in keys if key.startswith("bad/garbled/") and "/qa/" not in key]
     summary = json.loads(store.read_bytes(report_key("bad", SUMMARY_NAME)))
-    assert summary["counts"] == {"published": 2, "skipped": 0, "failed": 10}
+    assert summary["counts"] == {"published": 2, "low_quality": 0, "skipped": 0, "failed": 10}
     assert summary["read_failures"] == 9  # all but the garbled document failed before the pipeline

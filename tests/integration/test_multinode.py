@@ -420,6 +420,7 @@ def _check_resumed_run(corpus: Corpus, config: LiftConfig, before: dict[str, str
     assert summary["config_hash"] == config.adapter_hash()
     assert summary["counts"] == {
         "published": len(corpus.documents) - len(before),
+        "low_quality": 0,
         "skipped": len(before),
         "failed": 0,
     }

@@ -66,7 +66,7 @@ def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_co
     assert pellworth["sentences_with_pairs"] >= 1 and pellworth["qa_count"] >= 1
     assert pellworth["timings"]["generate_s"] > 0 and pellworth["timings"]["train_s"] > 0
     summary = json.loads(store.read_bytes(report_key("first", SUMMARY_NAME)))
-    assert summary["counts"] == {"published": 2, "skipped": 0, "failed": 1}
+    assert summary["counts"] == {"published": 2, "low_quality": 0, "skipped": 0, "failed": 1}
     second = report["pellworth-2"]
     assert second["status"] == "published" and second["sentences"] == 4
     assert pellworth["cached_sentences"] + second["cached_sentences"] == 3

@@ -102,7 +102,7 @@ def test_report_and_summary_round_trip_through_the_store(store_root: str) -> Non
 
     written = store.read_json("_reports/run-1/summary.json")
     assert written == {**summary, "report": report_uri}
-    assert written["counts"] == {"published": 1, "skipped": 1, "failed": 3}
+    assert written["counts"] == {"published": 1, "low_quality": 0, "skipped": 1, "failed": 3}
     assert written["documents"] == 5 and written["read_failures"] == 2
     assert written["documents_per_hour"] == 10.0  # 5 documents in half an hour
     assert written["published_per_hour"] == 2.0
@@ -115,7 +115,12 @@ def test_report_and_summary_round_trip_through_the_store(store_root: str) -> Non
 
 def test_summary_of_an_instant_run_has_no_rate(tmp_path: Path) -> None:
     summary = run_summary([], run_id="r", inputs=[], config=LiftConfig(), started_at=datetime.now(UTC), total_s=0.0)
-    assert summary["documents_per_hour"] is None and summary["counts"] == {"published": 0, "skipped": 0, "failed": 0}
+    assert summary["documents_per_hour"] is None and summary["counts"] == {
+        "published": 0,
+        "low_quality": 0,
+        "skipped": 0,
+        "failed": 0,
+    }
 
 
 def test_run_ids_are_sortable_unique_and_safe() -> None:
@@ -176,7 +181,7 @@ def test_good_corpus_exits_0_with_positional_and_input_arguments(
     assert fake_pipeline == [["one", "three", "two", "inline"]]
     rows, summary = _read_run(output, "ok-run")
     assert [(r["doc_id"], r["status"]) for r in rows] == [(i, "published") for i in ["one", "three", "two", "inline"]]
-    assert summary["counts"] == {"published": 4, "skipped": 0, "failed": 0}
+    assert summary["counts"] == {"published": 4, "low_quality": 0, "skipped": 0, "failed": 0}
     assert summary["inputs"] == [str(corpus_dirs["good"]), str(manifest)]
     assert summary["output"] == output
     out = capsys.readouterr().out
@@ -216,7 +221,7 @@ def test_mixed_corpus_exits_1_and_good_documents_still_go_through(
                  "--run-id", "mixed"]) == 1  # fmt: skip
     assert fake_pipeline == [["one", "two"]]
     rows, summary = _read_run(output, "mixed")
-    assert summary["counts"] == {"published": 2, "skipped": 0, "failed": 2}
+    assert summary["counts"] == {"published": 2, "low_quality": 0, "skipped": 0, "failed": 2}
     assert {r["doc_id"]: r["source"] for r in rows}["one"] == str(corpus_dirs["good"] / "one.txt")
 
 
@@ -336,7 +341,7 @@ def test_after_a_pipeline_crash_documents_with_an_adapter_are_reported_from_thei
     assert by_id["two"]["status"] == "skipped"
     assert by_id["three"]["status"] == "failed"
     assert by_id["three"]["error"] == "pipeline failed: RuntimeError: the Ray cluster went away"
-    assert summary["counts"] == {"published": 1, "skipped": 1, "failed": 1}
+    assert summary["counts"] == {"published": 1, "low_quality": 0, "skipped": 1, "failed": 1}
 
 
 # --- a crash anywhere after the inputs are read still writes the report -------------------------------------------
@@ -357,7 +362,7 @@ def test_a_crash_in_the_long_document_check_still_writes_the_report(
     rows, summary = _read_run(output, "no-splitter")
     assert [(r["doc_id"], r["status"]) for r in rows] == [("one", "failed"), ("two", "failed")]
     assert {r["error"] for r in rows} == {"pipeline failed: ModuleNotFoundError: No module named 'pysbd'"}
-    assert summary["counts"] == {"published": 0, "skipped": 0, "failed": 2}
+    assert summary["counts"] == {"published": 0, "low_quality": 0, "skipped": 0, "failed": 2}
 
 
 def test_a_pipeline_that_cannot_be_imported_still_writes_the_report(

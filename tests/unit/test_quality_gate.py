@@ -69,3 +69,29 @@ def test_no_gate_without_a_holdout_share(tiny_model_dir: Path) -> None:
         DocumentJob("doc", rows=_rows(2))
     )
     assert result.quality == {} and "gate_s" not in result.timings
+
+
+def test_a_published_adapter_that_failed_the_gate_is_reported_low_quality_with_its_score() -> None:
+    from lift_ray.pipeline import _apply_result
+    from lift_ray.report import DocumentReport
+
+    def result(passed: bool) -> dict[str, Any]:
+        quality = {"holdout_pairs": 5, "holdout_score": 0.2, "extra_epochs": 2, "min_quality": 0.5, "passed": passed}
+        return {
+            "status": "published",
+            "error": None,
+            "counters": {},
+            "qa_count": 20,
+            "timings": {"qa_ready_at": 1.0, "train_s": 3.0, "gate_s": 0.5},
+            "recorded_at": 5.0,
+            "history": {"epoch_losses": [1.0, 0.5]},
+            "adapter": {"adapter_uri": "s3://b/x", "adapter_bytes": 10},
+            "quality": quality,
+        }
+
+    flagged, fine = DocumentReport("doc", status="pending"), DocumentReport("doc", status="pending")
+    _apply_result(flagged, result(False), run_started=0.0, error=None)
+    _apply_result(fine, result(True), run_started=0.0, error=None)
+    assert flagged.status == "low_quality" and "20% of 5 held-out questions" in flagged.error
+    assert flagged.quality["holdout_score"] == 0.2 and flagged.timings["gate_s"] == 0.5
+    assert fine.status == "published" and fine.error is None
