@@ -185,6 +185,11 @@ class TrainSettings(_Section):
         "model's own distribution (KL), so it keeps what the model knew; 0: off",
     )
     guard_weight: float = Field(1.0, ge=0, description="weight of the guard's KL term per token")
+    sentence_answers: bool = Field(
+        False,
+        description="also train every question with its whole sentence as the answer (the fact in its own words, "
+        "beside the short span); doubles the examples",
+    )
     holdout_share: float = Field(
         0.5,
         ge=0,
@@ -332,6 +337,8 @@ class LiftConfig(_Section):
             fields |= {"objective", "distill_weight", "distill_top_k", "teacher_context_chars"}
         if self.train.guard_examples:
             fields |= {"guard_examples", "guard_weight"}
+        if self.train.sentence_answers:
+            fields.add("sentence_answers")
         if self.train.holdout_share:
             fields |= {"holdout_share", "min_quality", "quality_retry_epochs"}
         return fields

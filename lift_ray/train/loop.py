@@ -401,8 +401,10 @@ class AdapterTrainer:
         examples = []
         for row in rows:
             context = teacher_context(row, train.teacher_context_chars) if distilling else ""
-            for pair in self.row_pairs(row)[0]:
-                question, answer = pair["question"], pair["answer"]
+            targets = [(p["question"], p["answer"]) for p in self.row_pairs(row)[0]]
+            if train.sentence_answers and row.get("sentence"):  # each question also answered by its sentence
+                targets += [(question, str(row["sentence"])) for question, _ in list(targets)]
+            for question, answer in targets:
                 example: dict[str, Any] = tokenize_qa(
                     self.tokenizer, self.config.model.system_prompt, question, answer, train.max_seq_len
                 )

@@ -95,3 +95,16 @@ def test_a_published_adapter_that_failed_the_gate_is_reported_low_quality_with_i
     assert flagged.status == "low_quality" and "20% of 5 held-out questions" in flagged.error
     assert flagged.quality["holdout_score"] == 0.2 and flagged.timings["gate_s"] == 0.5
     assert fine.status == "published" and fine.error is None
+
+
+def test_sentence_answers_add_each_question_with_its_whole_sentence(tiny_model_dir: Path) -> None:
+    rows = [{**row, "sentence": f"Bridge {row['sentence_index']} was built by Anna Varn."} for row in _rows(2)]
+    plain = AdapterTrainer(tiny_model_dir, _config(**{"train.holdout_share": 0})).qa_examples(rows)
+    doubled = AdapterTrainer(
+        tiny_model_dir, _config(**{"train.holdout_share": 0, "train.sentence_answers": True})
+    ).qa_examples(rows)
+    assert len(plain) == 6 and len(doubled) == 12
+    assert doubled[:3] == plain[:3]
+    tokenizer = AdapterTrainer(tiny_model_dir, _config()).tokenizer
+    answers = [tokenizer.decode([t for t in e["labels"] if t >= 0]) for e in doubled[3:6]]
+    assert all("Bridge 0 was built by Anna Varn." in answer for answer in answers)
