@@ -388,28 +388,39 @@ def main() -> None:
             f"{figures['bulk_ray_other_cpu_cores']} / {figures['bulk_bare_other_cpu_cores']}",
         ],
     ]
+    remote_note = ""
     if remote:
+        # No generator model runs in these rows: ChatStub replays the pairs recorded above after a sleep.
+        simulated = "simulated remote generator (ChatStub replay)"
         rows += [
             [
-                f"remote generator ({remote['epochs']} epoch): generate-then-train / pipelined (s)",
+                f"simulated remote generator (ChatStub replays recorded pairs after a {remote['latency_s']} s sleep "
+                f"per request; {remote['epochs']} epoch): generate-then-train / pipelined (s)",
                 f"{remote['sequential_s']} / {remote['pipelined_s']}",
             ],
-            ["remote generator: speedup", remote["speedup"]],
+            [f"{simulated}: speedup", remote["speedup"]],
             [
-                "remote generator: TTFT generate-then-train / pipelined (s)",
+                f"{simulated}: TTFT generate-then-train / pipelined (s)",
                 f"{remote['sequential_ttft_s']} / {remote['pipelined_ttft_s']}",
             ],
             [
-                "remote generator: generation alone / training alone (s)",
+                f"{simulated}: generation alone / training alone (s)",
                 f"{remote['generation_only_s']} / {remote['training_only_s']}",
             ],
-            ["remote generator: pipelined / max(generation, training)", remote["pipelined_over_ideal"]],
+            [f"{simulated}: pipelined / max(generation, training)", remote["pipelined_over_ideal"]],
         ]
+        remote_note = (
+            'The "simulated remote generator" rows ran no generator model: `generator.engine=openai` against '
+            "`ChatStub`, a chat server on loopback that answers each sentence's request with the pairs the "
+            f"{figures['engine']} run above recorded for it, after a fixed sleep that uses no CPU here (a stand-in "
+            "for a generator on other hardware). They measure how training overlaps generation, not a real "
+            "remote server.\n\n"
+        )
     update_benchmarks_section(
         "pipeline",
         f"## Pipeline: training while generating (`jobs/bench_pipeline.py`)\n\n{figures['device']}; engine "
         f"{figures['engine']}; {figures['settings']}.\n\n{markdown_table(['measure', 'value'], rows)}\n\n"
-        "What limits these figures on this machine, and what the bulk figures mean for a bulk job: "
+        f"{remote_note}What limits these figures on this machine, and what the bulk figures mean for a bulk job: "
         "[training.md](training.md#what-the-pipelined-time-can-be-and-what-this-machine-shows).\n\n"
         "![TTFT vs document length](results/pipeline_ttft.png)\n",
     )

@@ -19,6 +19,7 @@ class ChatStub:
     """Answers /v1/chat/completions after `delay_s`; the first `failures` requests per prompt get `fail_status`.
 
     `reply` is the text of every answer, or a function of the last message (default: an echo of it).
+    `bodies` and `headers` record every request, in arrival order.
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class ChatStub:
         self.failures, self.fail_status, self.delay_s, self.reply = failures, fail_status, delay_s, reply
         self.attempts: dict[str, int] = {}
         self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
 
@@ -40,6 +42,7 @@ class ChatStub:
         prompt = body["messages"][-1]["content"]
         with self.lock:
             self.bodies.append(body)
+            self.headers.append({name.lower(): value for name, value in handler.headers.items()})
             self.attempts[prompt] = self.attempts.get(prompt, 0) + 1
             attempt = self.attempts[prompt]
             self.in_flight += 1

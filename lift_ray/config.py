@@ -72,8 +72,15 @@ class OpenAISettings(_Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key, if any")
     max_concurrency: int = Field(8, ge=1, description="requests in flight at once per generator actor")
     timeout_s: float = Field(120.0, gt=0, description="per request")
-    max_attempts: int = Field(4, ge=1, description="tries per request on connection errors, 429 and 5xx")
-    backoff_s: float = Field(0.5, ge=0, description="first wait between tries; doubles each time")
+    max_attempts: int = Field(
+        4,
+        ge=1,
+        description="tries per request (the openai SDK's max_retries + 1) on connection errors, timeouts, "
+        "408/409/429/5xx",
+    )
+    backoff_s: float = Field(
+        0.5, ge=0, description="unused: the openai SDK's own backoff applies (0.5 s doubling, jitter, Retry-After)"
+    )
 
 
 # Generator settings that change which pairs come out, and so belong in QA cache keys and the adapter hash.

@@ -282,19 +282,37 @@ class VLLMChatEngine:
 
 
 class OpenAIChatEngine:
-    """Any OpenAI-compatible `/v1/chat/completions` server: bounded concurrency, retries with backoff, timeouts.
+    """Any OpenAI-compatible `/v1/chat/completions` server, through the official `openai` SDK.
+
+    At most `max_concurrency` requests are in flight (threads sharing one thread-safe `openai.OpenAI` client,
+    so `generate` stays a plain call inside Ray actors and tasks). Retries and timeouts are the SDK's own:
+    `max_retries = max_attempts - 1`, `timeout = timeout_s` per try. The SDK retries connection errors,
+    timeouts, 408, 409, 429 and 5xx with exponential backoff and jitter (0.5 s doubling, capped at 8 s,
+    minus up to 25 %), honouring a server's `Retry-After`; `backoff_s` is not used, as the SDK has no public
+    setting for its first wait. Other 4xx replies are not retried: the request itself is wrong.
 
     A request that still fails after `max_attempts` tries comes back as an empty `Generation` with its
-    `error` set, so that the generator counts it as malformed (and retries it once at its own level)
-    instead of failing the whole batch.
+    `error` set ("HTTP 503: ...", "APITimeoutError: Request timed out.", ...), so that the generator counts
+    it as malformed (and retries it once at its own level) instead of failing the whole batch.
     """
 
     name = "openai"
 
     def __init__(self, settings: OpenAISettings) -> None:
+        import openai
+
         self.settings = settings
-        self.url = settings.base_url.rstrip("/") + "/chat/completions"
-        self._api_key = os.environ.get(settings.api_key_env) or None
+        api_key = os.environ.get(settings.api_key_env) or None
+        # Without a key no Authorization header is sent, as before: the SDK refuses to build a client without
+        # credentials, so it gets a placeholder and every request omits the header explicitly (`openai.Omit`,
+        # which the SDK's missing-credentials check accepts).
+        self._extra_headers = None if api_key else {"Authorization": openai.Omit()}
+        self._client = openai.OpenAI(
+            api_key=api_key or "unused",
+            base_url=settings.base_url,
+            max_retries=settings.max_attempts - 1,
+            timeout=settings.timeout_s,
+        )
 
     def _body(self, conversation: Conversation, sampling: SamplingSettings) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -312,40 +330,20 @@ class OpenAIChatEngine:
         return body
 
     def _post(self, body: dict[str, Any]) -> Generation:
-        import json
-        import time
-        import urllib.error
-        import urllib.request
+        import openai
 
-        headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        data = json.dumps(body).encode()
-        error = "no attempt made"
-        for attempt in range(self.settings.max_attempts):
-            wait = self.settings.backoff_s * 2**attempt
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
-                    reply = json.loads(response.read())
-                text = reply["choices"][0]["message"]["content"] or ""
-                tokens = int((reply.get("usage") or {}).get("completion_tokens", 0))
-                return Generation(text, tokens)
-            except urllib.error.HTTPError as exc:
-                error = f"HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}"
-                if exc.code != 429 and exc.code < 500:
-                    break  # the request itself is wrong; trying again cannot help
-                retry_after = exc.headers.get("Retry-After") if exc.headers else None
-                if retry_after and retry_after.isdigit():
-                    wait = max(wait, float(retry_after))
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                error = f"unexpected reply: {type(exc).__name__}: {exc}"
-                break
-            if attempt + 1 < self.settings.max_attempts:
-                time.sleep(wait)
-        return Generation("", 0, error=error)
+        try:
+            reply = self._client.chat.completions.create(**body, extra_headers=self._extra_headers)
+            text = reply.choices[0].message.content or ""
+            tokens = int(getattr(reply.usage, "completion_tokens", 0) or 0)
+            return Generation(text, tokens)
+        except openai.APIStatusError as exc:  # an HTTP error reply, after the SDK's retries where they apply
+            detail = exc.response.text[:300] if exc.response is not None else str(exc)
+            return Generation("", 0, error=f"HTTP {exc.status_code}: {detail}")
+        except openai.APIConnectionError as exc:  # APITimeoutError included; retried by the SDK first
+            return Generation("", 0, error=f"{type(exc).__name__}: {exc}")
+        except (openai.APIError, AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+            return Generation("", 0, error=f"unexpected reply: {type(exc).__name__}: {exc}")
 
     def generate(self, conversations: list[Conversation], sampling: SamplingSettings) -> list[Generation]:
         """One `Generation` per conversation, at most `max_concurrency` requests in flight."""

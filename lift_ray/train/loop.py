@@ -363,7 +363,7 @@ class AdapterTrainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
         self.optimizer: torch.optim.Optimizer | None = None
-        self.after_step: Callable[[str, int], None] | None = None  # (doc_id, steps so far): a test hook
+        self.after_step: Callable[[str, int], None] | None = None  # (doc_id, steps so far) → None
         self._steps = 0
         self.teacher_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # this document's, by teacher_key
         self._new_teachers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # computed here since the last share

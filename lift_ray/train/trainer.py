@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +64,10 @@ def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResul
     }
 
 
+# Called in each Ray Train worker with its world rank; returns that worker's `AdapterTrainer.after_step` hook.
+AfterStepFactory = Callable[[int], Callable[[str, int], None] | None]
+
+
 class StorePublisher:
     """Rank 0's hooks: write a streamed document's QA cache, publish its adapter with the manifest last."""
 
@@ -83,26 +87,6 @@ class StorePublisher:
             self.store, self.config.storage.namespace, job.doc_id, adapter_dir, manifest, document_text=job.text or None
         )
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
-
-
-class _KillOnce:
-    """Test hook: a real worker death in the middle of a document's training, once.
-
-    With a marker path, the worker of rank 1 kills its own process (SIGKILL) right after its first training
-    step on the run's second document, having written its pid to the marker so that the retry runs clean.
-    """
-
-    def __init__(self, rank: int, second_doc_id: str | None, marker: str | None) -> None:
-        self.marker = marker
-        self.armed = bool(marker) and rank == 1 and not Path(str(marker)).exists()
-        self.doc_id = second_doc_id
-
-    def __call__(self, doc_id: str, step: int) -> None:
-        if self.armed and doc_id == self.doc_id and step == 1:
-            Path(str(self.marker)).write_text(str(os.getpid()))
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -132,8 +116,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         source = BufferedRowSource(feed_rows(feed, rank, context.get_world_size(), config.train.poll_s))
     publisher = StorePublisher(config) if rank == 0 else None
     finished = set(ray.get(collector.finished.remote()))  # from an earlier attempt of this run
-    second = jobs[1].doc_id if len(jobs) > 1 else None
-    trainer.after_step = _KillOnce(rank, second, loop_config.get("kill_once_marker"))
+    if loop_config["after_step"] is not None:
+        trainer.after_step = loop_config["after_step"](rank)
     for job in jobs:
         if job.doc_id in finished:
             if job.rows is None:
@@ -176,14 +160,18 @@ def train_documents_on_ray(
     jobs: list[DocumentJob],
     stream: Any | None = None,
     run_name: str | None = None,
-    kill_once_marker: str | None = None,
+    after_step: AfterStepFactory | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """One TorchTrainer run for all `jobs`: each document's recorded result, and the run's error if it failed.
 
     `stream` is the Ray Dataset of sentence rows with `qa_json` for the jobs whose `rows` is None; it is
     iterated on a driver thread into a `RowFeed` while the worker group starts and trains. Documents
     without a result did not finish (the run failed after `train.max_failures` restarts).
-    `kill_once_marker` is for tests: see `_KillOnce`.
+    `after_step`, if given, is called in every worker each time it starts (restarts included) with the
+    worker's world rank; what it returns (or None) becomes that worker's `AdapterTrainer.after_step`,
+    called as `(doc_id, steps so far)` after each optimizer step: a way to watch training from outside, or
+    for a test to inject a fault. It travels to the workers, so it must be picklable (cloudpickle: a
+    closure will do).
     """
     import ray
     import ray.train
@@ -213,7 +201,7 @@ def train_documents_on_ray(
             "jobs": ray.put(jobs),
             "collector": collector,
             "feed": feed,
-            "kill_once_marker": kill_once_marker,
+            "after_step": after_step,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.train.num_workers,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,28 @@ def _job(doc_id: str) -> DocumentJob:
     return DocumentJob(doc_id, sha256=f"sha-{doc_id}", rows=[{"sentence_index": 0, "qa_json": json.dumps(pairs)}])
 
 
+def kill_once(marker: Path, doc_id: str) -> Callable[[int], Callable[[str, int], None] | None]:
+    """An `after_step` factory: a real worker death in the middle of a document's training, once.
+
+    The worker of rank 1 kills its own process (SIGKILL) right after its first training step on `doc_id`,
+    having written its pid to `marker`; a restarted worker finds the marker and runs clean. The closures
+    travel to the workers by value (cloudpickle), so they need no import path there.
+    """
+
+    def factory(rank: int) -> Callable[[str, int], None] | None:
+        if rank != 1 or marker.exists():
+            return None
+
+        def after_step(step_doc_id: str, step: int) -> None:
+            if step_doc_id == doc_id and step == 1:
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        return after_step
+
+    return factory
+
+
 def test_a_killed_worker_is_retried_and_each_document_publishes_once(
     ray_cluster, lift_config: LiftConfig, tiny_base_model: Path, tmp_path: Path
 ):
@@ -56,7 +81,7 @@ def test_a_killed_worker_is_retried_and_each_document_publishes_once(
             "storage": lift_config.storage.model_copy(update={"namespace": "failure"}),
         }
     )
-    results, error = train_documents_on_ray(config, [_job("alpha"), _job("beta")], kill_once_marker=str(marker))
+    results, error = train_documents_on_ray(config, [_job("alpha"), _job("beta")], after_step=kill_once(marker, "beta"))
 
     assert error is None
     assert marker.exists(), "the worker of rank 1 was never killed: the test proved nothing"

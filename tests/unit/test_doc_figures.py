@@ -180,18 +180,24 @@ QUOTES: list[Quote] = [
             "(steps only) |": ["ray_train_step_overhead_fraction"],
             "| bulk steps: share of a core": ["bulk_ray_worker_cpu_share", "bulk_bare_worker_cpu_share"],
             "| bulk steps: cores everything else": ["bulk_ray_other_cpu_cores", "bulk_bare_other_cpu_cores"],
-            "| remote generator (": [
-                ("remote_generator.epochs", {"shown": "({} epoch)"}),
+            "| simulated remote generator (ChatStub replays": [
+                ("remote_generator.latency_s", {"shown": "after a {} s sleep"}),
+                ("remote_generator.epochs", {"shown": "; {} epoch)"}),
                 "remote_generator.sequential_s",
                 "remote_generator.pipelined_s",
             ],
-            "| remote generator: speedup |": ["remote_generator.speedup"],
-            "| remote generator: TTFT": ["remote_generator.sequential_ttft_s", "remote_generator.pipelined_ttft_s"],
-            "| remote generator: generation alone": [
+            "| simulated remote generator (ChatStub replay): speedup |": ["remote_generator.speedup"],
+            "| simulated remote generator (ChatStub replay): TTFT": [
+                "remote_generator.sequential_ttft_s",
+                "remote_generator.pipelined_ttft_s",
+            ],
+            "| simulated remote generator (ChatStub replay): generation alone": [
                 "remote_generator.generation_only_s",
                 "remote_generator.training_only_s",
             ],
-            "| remote generator: pipelined / max": ["remote_generator.pipelined_over_ideal"],
+            "| simulated remote generator (ChatStub replay): pipelined / max": [
+                "remote_generator.pipelined_over_ideal"
+            ],
         },
     ),
     *table(

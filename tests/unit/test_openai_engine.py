@@ -26,6 +26,16 @@ def test_replies_come_back_in_order_with_token_counts(serve_fake_llm):
     assert {b["max_tokens"] for b in behaviour.bodies} == {32}
 
 
+def test_the_api_key_is_sent_as_a_bearer_token_only_when_set(serve_fake_llm, monkeypatch):
+    behaviour = ChatStub()
+    settings = OpenAISettings(base_url=serve_fake_llm(behaviour), api_key_env="LIFT_RAY_TEST_KEY")
+    monkeypatch.delenv("LIFT_RAY_TEST_KEY", raising=False)
+    OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    monkeypatch.setenv("LIFT_RAY_TEST_KEY", "sk-test")
+    OpenAIChatEngine(settings).generate(_conversations(1), SamplingSettings())
+    assert [headers.get("authorization") for headers in behaviour.headers] == [None, "Bearer sk-test"]
+
+
 def test_5xx_and_429_are_retried_with_backoff(serve_fake_llm):
     for status in (503, 429):
         behaviour = ChatStub(failures=2, fail_status=status)
@@ -34,7 +44,7 @@ def test_5xx_and_429_are_retried_with_backoff(serve_fake_llm):
         generations = OpenAIChatEngine(settings).generate(_conversations(2), SamplingSettings())
         assert [g.error for g in generations] == [None, None], status
         assert set(behaviour.attempts.values()) == {3}
-        assert time.perf_counter() - started >= 0.05 + 0.1  # two waits: 0.05 s then 0.1 s
+        assert time.perf_counter() - started >= 0.05 + 0.1  # two waits (the SDK's: 0.375-0.5 s, then 0.75-1 s)
 
 
 def test_a_request_that_keeps_failing_is_an_empty_generation_with_its_reason(serve_fake_llm):
