@@ -248,11 +248,49 @@ def run_eval(
                 "per_question": scores["per_question"],
             }
         )
+        if method.adapter is not None:
+            entry["gate"] = gate_agreement(config, documents, scores["per_question"])
         results[method.name] = entry
         if on_method is not None:
             on_method(results)
         log.info("method %s: %s", method.name, {k: v for k, v in entry.items() if k not in {"per_question", "by_kind"}})
     return results
+
+
+def gate_agreement(
+    config: LiftConfig, documents: dict[str, Document], per_question: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Does the quality gate's score track the real one? Per document: the adapter's `holdout_score` (from its
+    manifest) beside its `contains` on the evaluation's questions, and their Pearson correlation over documents."""
+    from lift_ray.storage import Store, read_manifest
+
+    store = Store.from_uri(config.storage.root)
+    per_document: dict[str, dict[str, Any]] = {}
+    for doc_id in documents:
+        rows = [row for row in per_question if row["doc_id"] == doc_id]
+        manifest = read_manifest(store, config.storage.namespace, doc_id) or {}
+        per_document[doc_id] = {
+            "holdout_score": (manifest.get("quality") or {}).get("holdout_score"),
+            "holdout_pairs": (manifest.get("quality") or {}).get("holdout_pairs"),
+            "contains": sum(row["contains"] for row in rows) / len(rows) if rows else None,
+        }
+    pairs = [
+        (d["holdout_score"], d["contains"])
+        for d in per_document.values()
+        if d["holdout_score"] is not None and d["contains"] is not None
+    ]
+    return {"per_document": per_document, "pearson": pearson(pairs)}
+
+
+def pearson(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Pearson's r of (x, y) pairs; None with fewer than 3 pairs or no spread."""
+    if len(pairs) < 3:
+        return None
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    cov = sum((x - mean_x) * (y - mean_y) for x, y in pairs)
+    spread = (sum((x - mean_x) ** 2 for x in xs) * sum((y - mean_y) ** 2 for y in ys)) ** 0.5
+    return round(cov / spread, 4) if spread else None
 
 
 def niah_grid(

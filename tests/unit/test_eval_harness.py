@@ -577,3 +577,24 @@ def test_training_time_is_per_document_trained_and_none_when_all_were_already_pu
     assert train_adapters(documents, LiftConfig(), skip_all) is None
     with pytest.raises(RuntimeError, match="empty document"):
         train_adapters(documents, LiftConfig(), fail_one)
+
+
+def test_pearson_and_the_gate_agreement_read_from_manifests(tmp_path):
+    from lift_ray.config import LiftConfig, load_config
+    from lift_ray.documents import Document
+    from lift_ray.eval.runner import gate_agreement, pearson
+    from lift_ray.storage import MANIFEST_NAME, Store, document_prefix
+
+    assert pearson([(0, 0), (1, 1), (2, 2)]) == 1.0 and pearson([(0, 2), (1, 1), (2, 0)]) == -1.0
+    assert pearson([(0, 1), (1, 1)]) is None and pearson([(1, 0), (1, 1), (1, 2)]) is None
+    config = load_config(LiftConfig, None, [f"storage.root={tmp_path}", "storage.namespace=eval-lift"])
+    store = Store.from_uri(str(tmp_path))
+    for doc_id, score in (("a", 0.2), ("b", 0.5), ("c", 0.9)):
+        manifest = {"doc_id": doc_id, "quality": {"holdout_score": score}}
+        store.write_json(f"{document_prefix('eval-lift', doc_id)}/{MANIFEST_NAME}", manifest)
+    documents = {d: Document.from_text(d, "text") for d in ("a", "b", "c", "d")}
+    rows = [{"doc_id": d, "contains": c} for d, c in (("a", 0.0), ("a", 0.5), ("b", 0.5), ("c", 1.0), ("d", 1.0))]
+    gate = gate_agreement(config, documents, rows)
+    assert gate["per_document"]["a"] == {"holdout_score": 0.2, "holdout_pairs": None, "contains": 0.25}
+    assert gate["per_document"]["d"]["holdout_score"] is None  # no manifest: left out of the correlation
+    assert gate["pearson"] == pearson([(0.2, 0.25), (0.5, 0.5), (0.9, 1.0)]) and gate["pearson"] > 0.95
