@@ -32,6 +32,7 @@ def test_published_adapter_has_manifest_and_peft_files(published_varrow, s3_stor
     assert manifest["config_hash"] == lift_config.adapter_hash()
     assert manifest["qa_count"] == len(TRAINING_PAIRS)
     assert manifest["final_loss"] < 0.5 < manifest["epoch_losses"][0]
+    assert manifest["quality"]["holdout_pairs"] == 0 and manifest["quality"]["passed"]  # hand-written: none held out
     keys = store.list_keys(f"{lift_config.storage.namespace}/varrow/adapter")
     assert any(k.endswith("adapter_config.json") for k in keys)
     assert any(k.endswith("adapter_model.safetensors") for k in keys)

@@ -39,7 +39,9 @@ def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> 
         ("tenant-b", "b1", 4),
     ]:
         adapter = write_random_adapter(embedded_model_dir, made / doc_id, rank=8, seed=seed, strength=2)
-        publish_adapter(store, namespace, doc_id, adapter, {"system_prompt": "You are a helpful assistant."}, DOCUMENT)
+        quality = {"holdout_pairs": 4, "holdout_score": 0.75, "passed": True}
+        manifest = {"system_prompt": "You are a helpful assistant.", "quality": quality}
+        publish_adapter(store, namespace, doc_id, adapter, manifest, DOCUMENT)
     broken = write_random_adapter(embedded_model_dir, made / "broken", rank=8, seed=5)
     weights = broken / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -110,6 +112,8 @@ def test_a_key_lists_only_its_own_namespace(endpoint):
     assert [m["id"] for m in reply["data"]] == ["base", "a1", "a2", "a3", "broken"]
     a1 = reply["data"][1]
     assert a1["owned_by"] == "tenant-a" and a1["lift"]["with_context"] is True and a1["created"] > 0
+    assert a1["lift"]["quality"]["holdout_score"] == 0.75  # the quality gate's score, as the manifest has it
+    assert reply["data"][-1]["lift"]["quality"] is None  # published without a gate
     assert [m["id"] for m in call(endpoint, "/v1/models", key=KEY_B)[2]["data"]] == ["base", "b1"]
 
 
