@@ -192,6 +192,11 @@ class TrainSettings(_Section):
         "model's own distribution (KL), so it keeps what the model knew; 0: off",
     )
     guard_weight: float = Field(1.0, ge=0, description="weight of the guard's KL term per token")
+    sentence_answers_only: bool = Field(
+        False,
+        description="train only on pairs whose answer is in the sentence itself (metrics.answer_is_grounded), not "
+        "only in the paragraph before it: generators drift to the paragraph and pair its facts with wrong questions",
+    )
     sentence_answers: bool = Field(
         False,
         description="also train every question with its whole sentence as the answer (the fact in its own words, "
@@ -344,6 +349,8 @@ class LiftConfig(_Section):
             fields |= {"objective", "distill_weight", "distill_top_k", "teacher_context_chars"}
         if self.train.guard_examples:
             fields |= {"guard_examples", "guard_weight"}
+        if self.train.sentence_answers_only:
+            fields.add("sentence_answers_only")
         if self.train.sentence_answers:
             fields.add("sentence_answers")
         if self.train.holdout_share:

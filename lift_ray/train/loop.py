@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lift_ray.config import LiftConfig, LoraSettings
+from lift_ray.metrics import answer_is_grounded
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
     IGNORE_INDEX,
@@ -419,8 +420,14 @@ class AdapterTrainer:
         return examples
 
     def row_pairs(self, row: dict[str, Any]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-        """A sentence row's pairs: (trained, held out for the quality gate)."""
-        return holdout_split(json.loads(row["qa_json"]), self.config.train.holdout_share, str(self.config.seed))
+        """A sentence row's pairs: (trained, held out for the quality gate).
+
+        With `train.sentence_answers_only`, pairs whose answer is not in the sentence itself (answered from the
+        paragraph before it, where generators drift) are left out first."""
+        pairs = json.loads(row["qa_json"])
+        if self.config.train.sentence_answers_only and row.get("sentence"):
+            pairs = [p for p in pairs if answer_is_grounded(p["answer"], str(row["sentence"]))]
+        return holdout_split(pairs, self.config.train.holdout_share, str(self.config.seed))
 
     def holdout_score(self, held: list[dict[str, str]]) -> float:
         """Share of held-out questions the adapter answers (the ranks split the questions; all get the total)."""

@@ -108,3 +108,23 @@ def test_sentence_answers_add_each_question_with_its_whole_sentence(tiny_model_d
     tokenizer = AdapterTrainer(tiny_model_dir, _config()).tokenizer
     answers = [tokenizer.decode([t for t in e["labels"] if t >= 0]) for e in doubled[3:6]]
     assert all("Bridge 0 was built by Anna Varn." in answer for answer in answers)
+
+
+def test_sentence_answers_only_drops_pairs_answered_from_the_paragraph(tiny_model_dir: Path) -> None:
+    row = {
+        "doc_id": "doc",
+        "sentence_index": 1,
+        "sentence": "The ferry was started in 1871 by Edda Pellworth.",
+        "context": "Halvenmoor lies on the Ostrel River.",
+        "qa_json": json.dumps(
+            [
+                {"question": "Who started the ferry?", "answer": "Edda Pellworth"},
+                {"question": "What is the name of the river?", "answer": "the Ostrel River"},  # the paragraph's
+                {"question": "When did the ferry start?", "answer": "1871"},
+            ]
+        ),
+    }
+    config = {"train.holdout_share": 0}
+    every = AdapterTrainer(tiny_model_dir, _config(**config)).row_pairs(row)[0]
+    only = AdapterTrainer(tiny_model_dir, _config(**config, **{"train.sentence_answers_only": True})).row_pairs(row)[0]
+    assert len(every) == 3 and [p["answer"] for p in only] == ["Edda Pellworth", "1871"]
