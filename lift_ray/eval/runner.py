@@ -508,6 +508,14 @@ def eval_command(args: argparse.Namespace) -> int:
 
     per_question = {name: entry.pop("per_question", []) for name, entry in results.items()}
     path = write_eval_results(results, args.name)
+    adapters = [
+        {"method": name, "doc_id": doc_id, **row}
+        for name, entry in results.items()
+        for doc_id, row in (entry.get("gate") or {}).get("per_document", {}).items()
+    ]
+    if adapters:  # every trained adapter of the run: does the gate's score track the real one across them?
+        pooled = [(a["holdout_score"], a["contains"]) for a in adapters if a["holdout_score"] is not None]
+        write_results(f"{args.name}_gate", {"pearson_all_adapters": pearson(pooled), "adapters": adapters})
     (RESULTS_DIR / f"{args.name}_partial.json").unlink(missing_ok=True)
     plot_scores(results, RESULTS_DIR / f"{args.name}_scores.png", "Document QA: scores and LIFT cost per document")
     grids = {name: niah_cells(entry["niah_grid"]) for name, entry in results.items() if entry.get("niah_grid")}
