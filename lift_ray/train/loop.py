@@ -482,7 +482,7 @@ class AdapterTrainer:
         missing = attach_teachers(examples, self.teacher_cache)
         if not missing:
             return
-        wanted = {e["teacher_key"]: e for e in examples if e["teacher_key"] in missing}
+        wanted = {e["teacher_key"]: e for e in examples if e.get("kl_weight") and e["teacher_key"] in missing}
         items = [(e["teacher_user"], [t for t in e["labels"] if t != IGNORE_INDEX]) for e in wanted.values()]
         found = teacher_topk(
             self.model,

@@ -162,6 +162,13 @@ def test_objectives_train_and_distill_only_has_no_cross_entropy(tiny_model_dir: 
     assert losses["sft+distill"] == pytest.approx(losses["sft"], rel=0.1)
 
 
+def test_the_guard_trains_beside_plain_sft_pairs(tiny_model_dir: Path) -> None:
+    trainer = AdapterTrainer(tiny_model_dir, _config(**{"train.guard_examples": 3}))
+    result = trainer.train_document(DocumentJob("doc", rows=_rows(["red kite", "blue boat", "green lamp"])))
+    assert result.status == "trained" and len(result.history.epoch_losses) == 2
+    assert 3 <= trainer.teachers_computed <= 6  # the guard's prompts only: sft pairs have no teacher
+
+
 def test_the_hash_changes_with_the_objective_and_guard_but_not_for_sft_defaults() -> None:
     default = _config().adapter_hash()
     assert _config(**{"train.objective": "sft", "train.distill_weight": 3}).adapter_hash() == default
