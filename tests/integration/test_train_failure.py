@@ -9,38 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 
 from lift_ray.config import LiftConfig
-from lift_ray.models import load_tokenizer
 from lift_ray.storage import Store, read_manifest
 from lift_ray.train.loop import DocumentJob
 from lift_ray.train.trainer import train_documents_on_ray
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def tiny_base_model(tmp_path_factory: pytest.TempPathFactory, embedded_model_dir: Path) -> Path:
-    """A small random Llama as the base model: this test is about the run surviving, not about learning."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = load_tokenizer(embedded_model_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-base")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _job(doc_id: str) -> DocumentJob:
@@ -71,12 +46,12 @@ def kill_once(marker: Path, doc_id: str) -> Callable[[int], Callable[[str, int],
 
 
 def test_a_killed_worker_is_retried_and_each_document_publishes_once(
-    ray_cluster, lift_config: LiftConfig, tiny_base_model: Path, tmp_path: Path
+    ray_cluster, lift_config: LiftConfig, tiny_model_dir: Path, tmp_path: Path
 ):
     marker = tmp_path / "killed"  # rank 1 SIGKILLs itself after its first step on "beta", once
     config = lift_config.model_copy(
         update={
-            "model": lift_config.model.model_copy(update={"base_model": str(tiny_base_model)}),
+            "model": lift_config.model.model_copy(update={"base_model": str(tiny_model_dir)}),
             "train": lift_config.train.model_copy(update={"epochs": 2, "batch_size": 4, "max_failures": 1}),
             "storage": lift_config.storage.model_copy(update={"namespace": "failure"}),
         }
