@@ -19,7 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests where torch sees no CUDA GPU (`make unit` on a CPU machine), saying why."""
+    """Unit tests first (they need a process where Ray was never started; the integration fixtures start it for
+    the session); skip `gpu` tests where torch sees no CUDA GPU (`make unit` on a CPU machine), saying why."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is not None)  # stable: order kept otherwise
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return

@@ -39,7 +39,7 @@ def no_ray_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator
     import ray
 
     if ray.is_initialized():
-        pytest.skip("Ray is initialised in this process: connect_ray would not connect")
+        pytest.fail("Ray is initialised in this process (tests/conftest.py runs unit tests before integration ones)")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(CONNECT_TIMEOUT_ENV, raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "raytmp"))
