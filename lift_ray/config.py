@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -552,5 +553,16 @@ def load_config(
         _apply_override(data, override)
     try:
         return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def override_config(config: ConfigModel, overrides: Sequence[str], source: str = "overrides") -> ConfigModel:
+    """A copy of `config` with `key.sub=value` overrides on top of its values (ConfigError if one is invalid)."""
+    data = config.model_dump(mode="json")
+    for override in overrides:
+        _apply_override(data, override)
+    try:
+        return type(config).model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
