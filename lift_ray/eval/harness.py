@@ -414,12 +414,16 @@ def write_eval_results(results: Mapping[str, Mapping[str, Any]], name: str = "ev
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The results as a markdown table, one row per method ("-" where not measured)."""
+    """The results as a markdown table, one row per method ("-" where not measured); with a column for the
+    share of the documents ICL could read when a method records it (`context_read_share`)."""
     from lift_ray.bench import markdown_table
 
     table = eval_results(results)
-    rows = [[name, *("-" if table[name][f] is None else table[name][f] for f in RESULT_FIELDS)] for name in table]
-    return markdown_table(["method", *RESULT_FIELDS], rows)
+    fields = list(RESULT_FIELDS)
+    if any(entry.get("context_read_share") is not None for entry in table.values()):
+        fields.append("context_read_share")
+    rows = [[name, *("-" if table[name].get(f) is None else table[name][f] for f in fields)] for name in table]
+    return markdown_table(["method", *fields], rows)
 
 
 def _draw_heatmap(axis: Any, grid: Mapping[tuple[int, float], float], title: str) -> Any:

@@ -517,6 +517,13 @@ def test_run_eval_with_a_context_share_gives_icl_that_share_and_says_so():
     assert "context_share" not in results["base"]
     table = eval_results(results)
     assert table["icl"]["context_share"] == 0.25 and table["icl"]["context_read_share"] < 0.26
+    header, *rows = results_table(results).splitlines()
+    assert header.rstrip(" |").endswith("context_read_share")
+    assert any(
+        row.startswith("| icl |") and row.rstrip(" |").endswith(str(results["icl"]["context_read_share"]))
+        for row in rows
+    )
+    assert "context_read_share" not in results_table({"base": {"f1": 0.1}})
 
 
 def test_run_eval_says_when_adapters_were_reused_from_an_earlier_run():
@@ -647,6 +654,39 @@ def test_merged_runs_keep_docqa_from_one_run_and_niah_cells_from_later_runs():
     assert "niah_grid" not in merged["base"]
     assert merged["icl"]["note"].startswith("document QA not run") and "f1" not in merged["icl"]
     assert set(merged) == {"lift", "base", "icl"}
+
+
+def test_merged_runs_pass_through_where_adapters_came_from_and_what_icl_read():
+    docqa = {
+        "lift": {"f1": 0.3, "train_seconds_per_document": None, "adapters_reused": True, "adapters_reused_count": 5},
+        "icl": {"f1": 0.2, "context_tokens": 1024, "context_share": 0.25, "context_read_share": 0.2497},
+    }
+    origin = {"niah_adapters_reused": True, "niah_adapters_reused_count": 3, "niah_adapters_trained_count": 0}
+    niah_runs = {
+        "run1k": {"lift": {"niah_grid": {"1024@0.0": 1.0}, **origin}},
+        "run2k": {
+            "lift": {"niah_grid": {"2048@0.0": 1.0}, **origin, "niah_adapters_trained_count": 2},
+            "icl": {"niah_grid": {"2048@0.0": 0.0}, "niah_context_share": 0.25},
+        },
+        "old": {"lift": {"niah_grid": {"4096@0.0": 1.0}}},
+    }
+    merged = merge_eval_runs(docqa, {name: niah_runs[name] for name in ("run1k", "run2k")}, "docqa")
+    lift = merged["lift"]
+    assert lift["adapters_reused"] is True and lift["adapters_reused_count"] == 5
+    assert lift["train_seconds_per_document"] is None
+    assert (lift["niah_adapters_reused"], lift["niah_adapters_reused_count"], lift["niah_adapters_trained_count"]) == (
+        True,
+        6,
+        2,
+    )
+    assert lift["niah_runs"]["run2k"]["niah_adapters_trained_count"] == 2
+    assert merged["icl"]["context_share"] == 0.25 and merged["icl"]["context_read_share"] == 0.2497
+    assert (
+        merged["icl"]["niah_runs"] == {"run2k": {"niah_context_share": 0.25}}
+        and "niah_adapters_reused" not in merged["icl"]
+    )
+    with_old = merge_eval_runs(docqa, niah_runs, "docqa")["lift"]  # a run from before the counts: unknown
+    assert with_old["niah_adapters_reused_count"] is None and with_old["niah_adapters_reused"] is None
 
 
 def test_training_time_is_per_document_trained_and_none_when_all_were_already_published():
