@@ -345,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     from lift_ray.eval.runner import add_eval_arguments
 
     eval_cmd = commands.add_parser("eval", help="compare base, ICL, Finetune-Raw and LIFT on the document-QA set")
-    add_eval_arguments(eval_cmd)
-    _config_args(eval_cmd)
+    add_eval_arguments(eval_cmd)  # with its own --config (an eval or LIFT YAML) and --set
     args = parser.parse_args(argv)
     if args.command == "lift" and not [*args.inputs, *args.more_inputs]:
         lift.error("give at least one input (positionally or with --input)")

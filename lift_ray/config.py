@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -548,7 +549,17 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
         data = loaded or {}
-    for override in overrides or []:
+    return _validated(model, data, overrides or [], source)
+
+
+def override_config(config: ConfigModel, overrides: Sequence[str], source: str = "overrides") -> ConfigModel:
+    """A copy of `config` with `key.sub=value` overrides on top of its values (ConfigError if one is invalid)."""
+    return _validated(type(config), config.model_dump(), overrides, source)
+
+
+def _validated(model: type[ConfigModel], data: dict[str, Any], overrides: Sequence[str], source: str) -> ConfigModel:
+    """`model` built from `data` with `overrides` applied, or ConfigError listing what is wrong."""
+    for override in overrides:
         _apply_override(data, override)
     try:
         return model.model_validate(data)

@@ -202,6 +202,25 @@ def truncated_context(text: str, tokenizer: Any, max_tokens: int, marker: str = 
     raise ValueError(f"could not fit the document into {max_tokens} tokens")
 
 
+def context_budget(document_tokens: int, max_tokens: int, share: float | None = None) -> int:
+    """Tokens of a document of `document_tokens` that an ICL prompt may hold: `max_tokens`, and with a
+    `share` (0 < share <= 1) at most that share of the document, rounded down (the paper's long-document
+    setting, where ICL reads only part of each document)."""
+    if share is None:
+        return max_tokens
+    if not 0 < share <= 1:
+        raise ValueError(f"the context share must be in (0, 1], got {share}")
+    return min(max_tokens, math.floor(share * document_tokens + 1e-9))
+
+
+def budgeted_context(text: str, tokenizer: Any, max_tokens: int, share: float | None = None) -> tuple[str, int, int]:
+    """`truncated_context` of `text` within its `context_budget`; with the document's tokens and the tokens
+    of it that the budget lets through (at most the document's own)."""
+    document_tokens = len(_token_ids(tokenizer, text))
+    budget = context_budget(document_tokens, max_tokens, share)
+    return truncated_context(text, tokenizer, budget), document_tokens, min(budget, document_tokens)
+
+
 # ---------------------------------------------------------------- answering
 
 
@@ -395,12 +414,16 @@ def write_eval_results(results: Mapping[str, Mapping[str, Any]], name: str = "ev
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """The results as a markdown table, one row per method ("-" where not measured)."""
+    """The results as a markdown table, one row per method ("-" where not measured); with a column for the
+    share of the documents ICL could read when a method records it (`context_read_share`)."""
     from lift_ray.bench import markdown_table
 
     table = eval_results(results)
-    rows = [[name, *("-" if table[name][f] is None else table[name][f] for f in RESULT_FIELDS)] for name in table]
-    return markdown_table(["method", *RESULT_FIELDS], rows)
+    fields = list(RESULT_FIELDS)
+    if any(entry.get("context_read_share") is not None for entry in table.values()):
+        fields.append("context_read_share")
+    rows = [[name, *("-" if table[name].get(f) is None else table[name][f] for f in fields)] for name in table]
+    return markdown_table(["method", *fields], rows)
 
 
 def _draw_heatmap(axis: Any, grid: Mapping[tuple[int, float], float], title: str) -> Any:

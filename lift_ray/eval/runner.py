@@ -1,7 +1,8 @@
 """The evaluation run: train each method's adapters, answer the questions, score, write docs/results/eval.json.
 
-`run_eval` takes the LIFT step and the chat model as arguments (defaults: `lift_ray.pipeline.lift_documents`
-and `lift_ray.eval.answerer.EvalChatModel`), so its bookkeeping is tested without Ray or a model.
+`run_eval` takes an `EvalConfig` (lift_ray/eval/config.py), and the LIFT step and the chat model as arguments
+(defaults: `lift_ray.pipeline.lift_documents` and `lift_ray.eval.answerer.EvalChatModel`), so its bookkeeping is
+tested without Ray or a model.
 `add_eval_arguments` / `eval_command` are the `lift-ray eval` subcommand.
 """
 
@@ -12,25 +13,26 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from lift_ray.bench import RESULTS_DIR
-from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.config import LiftConfig, ServeConfig, load_config, override_config
 from lift_ray.documents import Document
 from lift_ray.eval import niah
+from lift_ray.eval.config import EvalConfig, JudgeSettings, NiahSettings
 from lift_ray.eval.harness import (
-    DOCQA_DIR,
     GENERAL_FILE,
     METHOD_NAMES,
-    METHODS,
     ChatModel,
     MemoryPeak,
     Method,
     Question,
     answer_questions,
-    get_method,
+    budgeted_context,
     judge_answers,
     load_docqa,
     load_general,
@@ -40,7 +42,6 @@ from lift_ray.eval.harness import (
     reset_peak_gpu_memory,
     results_table,
     score_answers,
-    truncated_context,
     write_eval_results,
 )
 
@@ -48,13 +49,15 @@ log = logging.getLogger(__name__)
 
 LiftFn = Callable[[list[Document], LiftConfig], list[Any]]
 ChatModelFactory = Callable[[ServeConfig], ChatModel]
+TRAINED_STATUSES = ("published", "low_quality")  # trained in this run (low_quality: published, flagged)
 
 
-def method_config(method: Method, config_path: str | None = None, overrides: Sequence[str] = ()) -> LiftConfig:
-    """The LiftConfig that trains `method`'s adapter: the user's file and overrides, then the method's own
-    settings and its storage namespace (`eval-<adapter>`), which win."""
+def method_config(method: Method, config: LiftConfig | None = None, overrides: Sequence[str] = ()) -> LiftConfig:
+    """The LiftConfig that trains `method`'s adapter: `config` (default: the defaults) with `overrides`, then
+    the method's own settings and its storage namespace (`eval-<adapter>`), which win."""
     namespace = method.namespace or "eval-base"
-    return load_config(LiftConfig, config_path, [*overrides, *method.lift_overrides, f"storage.namespace={namespace}"])
+    settings = [*overrides, *method.lift_overrides, f"storage.namespace={namespace}"]
+    return override_config(config or LiftConfig(), settings, source=f"method {method.name}")
 
 
 def niah_config(config: LiftConfig) -> LiftConfig:
@@ -68,24 +71,41 @@ def niah_config(config: LiftConfig) -> LiftConfig:
     return adjusted
 
 
-def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftFn) -> float | None:
-    """LIFT `documents` with `config`; seconds per document trained in this call, or None when every one
-    was skipped (already published: no time to report). RuntimeError naming the documents that failed."""
+@dataclass(frozen=True)
+class Training:
+    """What one LIFT step did: seconds per document it trained (None when it trained none, so there is no
+    time to report), the adapters it trained, and those it reused (already published with the same config
+    by an earlier run)."""
+
+    seconds_per_document: float | None
+    trained: int
+    reused: int
+
+    def figures(self, prefix: str = "") -> dict[str, Any]:
+        """The results fields saying where the adapters came from: `adapters_reused` (any reused),
+        `adapters_reused_count`, `adapters_trained_count` (trained in this run), each after `prefix`."""
+        return {
+            f"{prefix}adapters_reused": self.reused > 0,
+            f"{prefix}adapters_reused_count": self.reused,
+            f"{prefix}adapters_trained_count": self.trained,
+        }
+
+
+def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftFn) -> Training:
+    """LIFT `documents` with `config`: the seconds per document trained in this call (None when every one
+    was skipped: already published, no time to report) and how many were trained and reused.
+    RuntimeError naming the documents that failed."""
     started = time.perf_counter()
     reports = lift_fn(documents, config)
     elapsed = time.perf_counter() - started
     failed = {r.doc_id: r.error for r in reports if r.status == "failed"}
     if failed:
         raise RuntimeError(f"LIFT failed for {len(failed)} documents: {failed}")
-    trained = sum(r.status == "published" for r in reports)
-    if trained < len(reports):
-        log.info(
-            "%d of %d documents were already published; timing the %d trained",
-            len(reports) - trained,
-            len(reports),
-            trained,
-        )
-    return round(elapsed / trained, 2) if trained else None
+    trained = sum(r.status in TRAINED_STATUSES for r in reports)
+    reused = sum(r.status == "skipped" for r in reports)
+    if reused:
+        log.info("%d of %d documents were already published; timing the %d trained", reused, len(reports), trained)
+    return Training(round(elapsed / trained, 2) if trained else None, trained, reused)
 
 
 def build_niah_documents(
@@ -106,92 +126,105 @@ def build_niah_documents(
     return documents
 
 
+def method_context(method: Method, text: str, tokenizer: Any, config: EvalConfig) -> str | None:
+    """The document as `method` reads it in its prompt: None for methods without the document, else cut to
+    the ICL budget (`context_tokens`, and `context_share` of the document when set)."""
+    if not method.context:
+        return None
+    return budgeted_context(text, tokenizer, config.context_tokens, config.context_share)[0]
+
+
+def context_figures(texts: Sequence[str], tokenizer: Any, config: EvalConfig, prefix: str = "") -> dict[str, Any]:
+    """What an ICL method could read: the budget (`context_tokens`, `context_share`) and `context_read_share`,
+    the document tokens its prompts could hold over all the documents' tokens."""
+    counts = [budgeted_context(text, tokenizer, config.context_tokens, config.context_share)[1:] for text in texts]
+    total = sum(document_tokens for document_tokens, _ in counts)
+    return {
+        f"{prefix}context_tokens": config.context_tokens,
+        f"{prefix}context_share": config.context_share,
+        f"{prefix}context_read_share": round(sum(read for _, read in counts) / total, 4) if total else None,
+    }
+
+
 def _answer_document(
     chat_model: ChatModel,
     method: Method,
     document: Document,
     questions: list[Question],
     tokenizer: Any,
-    context_tokens: int,
-    max_new_tokens: int,
+    config: EvalConfig,
 ) -> list[dict[str, Any]]:
     """`method`'s answers to `questions` about `document` (its adapter loaded, then unloaded)."""
-    context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
+    context = method_context(method, document.text, tokenizer, config)
     adapter = document.doc_id if method.adapter is not None else None
-    rows = answer_questions(chat_model, adapter, questions, context, max_new_tokens)
+    rows = answer_questions(chat_model, adapter, questions, context, config.max_new_tokens)
     if adapter is not None and hasattr(chat_model, "unload_adapter"):
         chat_model.unload_adapter(adapter)
     return rows
 
 
 def run_eval(
-    methods: Sequence[Method] = METHODS,
+    config: EvalConfig,
     *,
-    config_path: str | None = None,
-    overrides: Sequence[str] = (),
-    data_dir: str | Path = DOCQA_DIR,
-    context_tokens: int = 1024,
-    max_new_tokens: int = 48,
-    niah_lengths: Sequence[int] = (),
-    niah_depths: Sequence[float] = niah.DEFAULT_DEPTHS,
-    niah_instances: int = 1,
-    niah_methods: Sequence[str] | None = None,
-    niah_overrides: Sequence[str] = (),
-    general: bool = True,
     lift_fn: LiftFn | None = None,
     chat_model_factory: ChatModelFactory | None = None,
     on_method: Callable[[dict[str, dict[str, Any]]], None] | None = None,
-    answer_threads: int = 2,
     judge: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate `methods` on the document-QA set (and NIAH when `niah_lengths` is given).
+    """Evaluate `config.methods` on the document-QA set (and NIAH when `config.niah.lengths` is given).
 
     Per method: exact_match, f1, contains, by_kind, general_contains (adapter methods: the general questions
-    asked with each document's adapter), niah_accuracy and niah_grid (for the methods in `niah_methods`,
-    default all; haystacks are LIFTed with `niah_overrides` on top), and costs: train_seconds_per_document
+    asked with each document's adapter), niah_accuracy and niah_grid (for the methods in `niah.methods`,
+    default all; haystacks are LIFTed with `niah.overrides` on top), and costs: train_seconds_per_document
     (LIFT time; None when the adapters were already published), answer_seconds_per_question,
     seconds_per_document (training plus answering a document's questions) and peak_memory_mb (CUDA peak, or
     on CPU the peak resident memory of this process and its children, Ray's workers included).
+    Adapter methods say where their adapters came from (`Training.figures`: `adapters_reused`, counts of
+    reused and trained, `niah_`-prefixed for haystacks); ICL methods what they could read (`context_figures`).
     Adapters are trained once per variant and reused (`lift_icl` answers with `lift`'s). `on_method` gets
-    the results so far after each method (a long run writes them as it goes). With a `judge` (a ChatEngine,
-    e.g. `OpenAIChatEngine` on an OpenAI-compatible endpoint) every document-QA answer is also judged
-    (`judge_score`, `judge_unparsed`, and `judge` per question).
+    the results so far after each method (a long run writes them as it goes). With a judge (`judge`, a
+    ChatEngine, or else `config.judge.url`) every document-QA answer is also judged (`judge_score`,
+    `judge_unparsed`, and `judge` per question).
     """
     if lift_fn is None:
         from lift_ray.pipeline import lift_documents as lift_fn
     if chat_model_factory is None:
         from lift_ray.eval.answerer import EvalChatModel as chat_model_factory
-    documents, questions = load_docqa(data_dir)
-    general_questions = load_general(Path(data_dir) / GENERAL_FILE) if general else []
-    niah_names = set(niah_methods if niah_methods is not None else [m.name for m in methods])
+    if judge is None and config.judge.url:
+        judge = judge_engine(config.judge.url, config.judge.model, config.judge.api_key_env)
+    documents, questions = load_docqa(config.data)
+    general_questions = load_general(config.data / GENERAL_FILE) if config.general else []
+    niah_names = config.niah_method_names()
     results: dict[str, dict[str, Any]] = {}
-    trained: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, Training]] = {}
     general_by_adapter: dict[str | None, float] = {}
     niah_docs: dict[tuple[int, float, int], Document] = {}
 
-    for method in methods:
+    for method in config.method_list():
         log.info("method %s: %s", method.name, method.description)
-        config = method_config(method, config_path, overrides)
+        lift_config = method_config(method, config.lift)
         reset_peak_gpu_memory()
         with MemoryPeak() as memory:
-            serve_config = ServeConfig(model=config.model, storage=config.storage, torch_threads=answer_threads)
+            serve_config = ServeConfig(
+                model=lift_config.model, storage=lift_config.storage, torch_threads=config.answer_threads
+            )
             chat_model = chat_model_factory(serve_config)
             tokenizer = getattr(chat_model, "tokenizer", None)
-            run_niah = bool(niah_lengths) and method.name in niah_names
+            run_niah = method.name in niah_names
             if run_niah and not niah_docs:
-                niah_docs = build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer)
+                niah_docs = build_niah_documents(
+                    config.niah.lengths, config.niah.depths, config.niah.instances, tokenizer
+                )
             if method.adapter is not None and method.adapter not in trained:
-                trained[method.adapter] = {"docqa": train_adapters(list(documents.values()), config, lift_fn)}
+                trained[method.adapter] = {"docqa": train_adapters(list(documents.values()), lift_config, lift_fn)}
             if run_niah and method.adapter is not None and "niah" not in trained[method.adapter]:
-                lift_niah = niah_config(method_config(method, config_path, [*overrides, *niah_overrides]))
+                lift_niah = niah_config(method_config(method, config.lift, config.niah.overrides))
                 trained[method.adapter]["niah"] = train_adapters(list(niah_docs.values()), lift_niah, lift_fn)
             answered = time.perf_counter()
             predictions: dict[str, str] = {}
             for doc_id, document in documents.items():
                 doc_questions = [q for q in questions if q.doc_id == doc_id]
-                for row in _answer_document(
-                    chat_model, method, document, doc_questions, tokenizer, context_tokens, max_new_tokens
-                ):
+                for row in _answer_document(chat_model, method, document, doc_questions, tokenizer, config):
                     predictions[row["id"]] = row["prediction"]
             answer_seconds = time.perf_counter() - answered
             # General questions go without the document: `lift_icl` asks them exactly as `lift` does.
@@ -199,36 +232,38 @@ def run_eval(
                 general_scores = []
                 for document in documents.values() if method.adapter is not None else []:
                     answers = _answer_document(
-                        chat_model,
-                        replace(method, context=False),
-                        document,
-                        general_questions,
-                        tokenizer,
-                        0,
-                        max_new_tokens,
+                        chat_model, replace(method, context=False), document, general_questions, tokenizer, config
                     )
                     general_scores.append(
                         score_answers([a["prediction"] for a in answers], general_questions)["contains"]
                     )
                 if method.adapter is None:
-                    answers = answer_questions(chat_model, None, general_questions, None, max_new_tokens)
+                    answers = answer_questions(chat_model, None, general_questions, None, config.max_new_tokens)
                     general_scores.append(
                         score_answers([a["prediction"] for a in answers], general_questions)["contains"]
                     )
                 general_by_adapter[method.adapter] = sum(general_scores) / len(general_scores)
             entry: dict[str, Any] = {}
-            if niah_lengths and not run_niah:
+            if method.context:
+                entry.update(context_figures([d.text for d in documents.values()], tokenizer, config))
+            if config.niah.lengths and not run_niah:
                 entry["note"] = "not run on NIAH (niah_accuracy is null)"
             if run_niah:
-                grid = niah_grid(chat_model, method, niah_docs, tokenizer, context_tokens, max_new_tokens)
+                grid = niah_grid(chat_model, method, niah_docs, tokenizer, config)
                 entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
                 entry["niah_accuracy"] = sum(grid.values()) / len(grid)
-                entry["niah_train_seconds_per_document"] = trained.get(method.adapter or "", {}).get("niah")
+                niah_training = trained.get(method.adapter or "", {}).get("niah")
+                entry["niah_train_seconds_per_document"] = niah_training.seconds_per_document if niah_training else None
+                if niah_training is not None:
+                    entry.update(niah_training.figures("niah_"))
+                if method.context:
+                    entry.update(context_figures([d.text for d in niah_docs.values()], tokenizer, config, "niah_"))
             del chat_model
         scores = score_answers([predictions[q.id] for q in questions], questions)
         if judge is not None:
             entry.update(judge_answers(scores["per_question"], judge))
-        train_seconds = trained.get(method.adapter or "", {}).get("docqa")
+        training = trained.get(method.adapter or "", {}).get("docqa")
+        train_seconds = training.seconds_per_document if training else None
         answer_per_document = answer_seconds / max(1, len(documents))
         entry.update(
             {
@@ -238,6 +273,7 @@ def run_eval(
                 "by_kind": scores["by_kind"],
                 "general_contains": general_by_adapter.get(method.adapter) if general_questions else None,
                 "train_seconds_per_document": train_seconds,
+                **(training.figures() if training is not None else {}),
                 "answer_seconds_per_question": answer_seconds / max(1, len(questions)),
                 "seconds_per_document": (
                     None
@@ -249,7 +285,7 @@ def run_eval(
             }
         )
         if method.adapter is not None:
-            entry["gate"] = gate_agreement(config, documents, scores["per_question"])
+            entry["gate"] = gate_agreement(lift_config, documents, scores["per_question"])
         results[method.name] = entry
         if on_method is not None:
             on_method(results)
@@ -298,41 +334,38 @@ def niah_grid(
     method: Method,
     documents: dict[tuple[int, float, int], Document],
     tokenizer: Any,
-    context_tokens: int,
-    max_new_tokens: int,
+    config: EvalConfig,
 ) -> dict[tuple[int, float], float]:
     """Accuracy per (length, depth): the paper's NIAH question, answered per haystack by `method`."""
     question = Question("niah", None, niah.QUESTION, (niah.NEEDLE,), "niah")
     outcomes: dict[tuple[int, float], list[bool]] = {}
     for (length, depth, _), document in documents.items():
-        context = truncated_context(document.text, tokenizer, context_tokens) if method.context else None
+        context = method_context(method, document.text, tokenizer, config)
         adapter = document.doc_id if method.adapter is not None else None
-        [row] = answer_questions(chat_model, adapter, [question], context, max_new_tokens)
+        [row] = answer_questions(chat_model, adapter, [question], context, config.max_new_tokens)
         outcomes.setdefault((length, depth), []).append(niah.niah_correct(row["prediction"]))
     return niah.niah_accuracy(outcomes)
 
 
-def eval_plan(
-    methods: Sequence[Method],
-    config: LiftConfig,
-    data_dir: str | Path = DOCQA_DIR,
-    niah_lengths: Sequence[int] = (),
-    niah_depths: Sequence[float] = niah.DEFAULT_DEPTHS,
-    niah_instances: int = 1,
-    niah_methods: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
+def eval_plan(eval_config: EvalConfig) -> list[dict[str, Any]]:
     """What a run will train, before it starts: per trained variant and task, the documents, their sentences
     (one generator prompt each; none for Finetune-Raw), the distinct sentences among them (what NIAH's sentence
     cache generates) and tokens. Multiply by measured rates to budget it."""
     from lift_ray.documents import sentence_rows
     from lift_ray.models import load_tokenizer, resolve_base_model
 
+    methods = eval_config.method_list()
+    config = method_config(methods[0], eval_config.lift)
     tokenizer = load_tokenizer(resolve_base_model(config.model.base_model, Path(config.model.cache_dir)))
-    documents, questions = load_docqa(data_dir)
+    documents, _ = load_docqa(eval_config.data)
     tasks = {"docqa": list(documents.values())}
-    niah_names = set(niah_methods if niah_methods is not None else [m.name for m in methods])
-    if niah_lengths and niah_names & {m.name for m in methods}:
-        tasks["niah"] = list(build_niah_documents(niah_lengths, niah_depths, niah_instances, tokenizer).values())
+    niah_names = eval_config.niah_method_names()
+    if niah_names & {m.name for m in methods}:
+        niah_settings = eval_config.niah
+        haystacks = build_niah_documents(
+            niah_settings.lengths, niah_settings.depths, niah_settings.instances, tokenizer
+        )
+        tasks["niah"] = list(haystacks.values())
     rows, seen = [], set()
     for method in methods:
         for task, docs in tasks.items():
@@ -341,7 +374,7 @@ def eval_plan(
             if task == "niah" and method.name not in niah_names:
                 continue
             seen.add((method.adapter, task))
-            variant = method_config(method).train.variant
+            variant = method_config(method, eval_config.lift).train.variant
             sentence_list = [
                 (row["context"], row["sentence"])
                 for d in docs
@@ -374,7 +407,8 @@ def niah_cells(grid: dict[str, float]) -> dict[tuple[int, float], float]:
     return cells
 
 
-_NIAH_FIELDS = ("niah_grid", "niah_accuracy", "niah_train_seconds_per_document")
+NIAH_PREFIX = "niah_"  # results fields of the NIAH part of a run
+_NIAH_COUNTS = ("niah_adapters_reused_count", "niah_adapters_trained_count")
 
 
 def load_eval_run(name: str, results_dir: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
@@ -389,28 +423,55 @@ def merge_eval_runs(
     """One entry per method: document QA from `docqa`, NIAH cells merged over `niah_runs` (run name → entries)."""
     merged: dict[str, dict[str, Any]] = {}
     for method in METHOD_NAMES:
-        entry = {key: value for key, value in docqa.get(method, {}).items() if key not in (*_NIAH_FIELDS, "note")}
+        entry = {
+            key: value
+            for key, value in docqa.get(method, {}).items()
+            if not key.startswith(NIAH_PREFIX) and key != "note"
+        }
         notes = [f"document QA from run {docqa_name}" if method in docqa else "document QA not run"]
         if docqa.get(method, {}).get("note"):
             notes[0] += f" ({docqa[method]['note']})"
         grid: dict[str, float] = {}
         niah_train: float | None = None
+        by_run: dict[str, dict[str, Any]] = {}
         for run_name, run in niah_runs.items():
-            cells = run.get(method, {}).get("niah_grid") or {}
+            run_entry = run.get(method, {})
+            cells = run_entry.get("niah_grid") or {}
             if cells:
                 grid.update(cells)
                 notes.append(f"NIAH {', '.join(sorted(cells))} from run {run_name}")
-                niah_train = niah_train or run[method].get("niah_train_seconds_per_document")
+                niah_train = niah_train or run_entry.get("niah_train_seconds_per_document")
+                by_run[run_name] = {
+                    key: value
+                    for key, value in run_entry.items()
+                    if key.startswith(NIAH_PREFIX) and key not in ("niah_grid", "niah_accuracy")
+                }
         if grid:
             entry.update(
                 niah_grid=dict(sorted(grid.items())),
                 niah_accuracy=round(sum(grid.values()) / len(grid), 4),
                 niah_train_seconds_per_document=niah_train,
+                **niah_adapter_origin(list(by_run.values())),
+                niah_runs=by_run,
             )
         if method in docqa or grid:
             entry["note"] = "; ".join(notes)
             merged[method] = entry
     return merged
+
+
+def niah_adapter_origin(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where the NIAH adapters of merged runs came from: the runs' reused and trained counts summed, and
+    `niah_adapters_reused` when any run reused one; None where a run did not record its counts (older runs),
+    nothing when none did (methods without adapters)."""
+    if not any(_NIAH_COUNTS[0] in run for run in runs):
+        return {}
+    summed = {
+        key: None if any(run.get(key) is None for run in runs) else sum(run[key] for run in runs)
+        for key in _NIAH_COUNTS
+    }
+    reused = summed[_NIAH_COUNTS[0]]
+    return {"niah_adapters_reused": None if reused is None else reused > 0, **summed}
 
 
 def judge_engine(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
@@ -421,17 +482,59 @@ def judge_engine(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY")
     return OpenAIChatEngine(OpenAISettings(base_url=base_url, model=model, api_key_env=api_key_env))
 
 
+def _help(model: type[BaseModel], field: str) -> str:
+    """A flag's help: the config field's description and its default."""
+    info = model.model_fields[field]
+    return f"{info.description} (default: {info.get_default(call_default_factory=True)})"
+
+
+# Flags that set one EvalConfig field each (dest -> dotted field); their argparse default is None ("not given").
+FLAG_FIELDS = {
+    "methods": "methods",
+    "data": "data",
+    "context_tokens": "context_tokens",
+    "context_share": "context_share",
+    "max_new_tokens": "max_new_tokens",
+    "niah_lengths": "niah.lengths",
+    "niah_depths": "niah.depths",
+    "niah_instances": "niah.instances",
+    "niah_methods": "niah.methods",
+    "answer_threads": "answer_threads",
+    "judge_url": "judge.url",
+    "judge_model": "judge.model",
+    "judge_api_key_env": "judge.api_key_env",
+    "name": "name",
+    "plan_only": "plan_only",
+}
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `lift-ray eval`."""
-    parser.add_argument("--methods", nargs="+", default=[m.name for m in METHODS], metavar="METHOD")
-    parser.add_argument("--data", default=str(DOCQA_DIR), help="document-QA folder (<doc_id>.txt + questions.jsonl)")
-    parser.add_argument("--context-tokens", type=int, default=1024, help="document budget of the ICL methods")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--niah-lengths", type=int, nargs="*", default=[], help="NIAH haystack lengths (none: skip)")
-    parser.add_argument("--niah-depths", type=float, nargs="+", default=list(niah.DEFAULT_DEPTHS))
-    parser.add_argument("--niah-instances", type=int, default=1, help="haystacks per cell (the paper uses 5)")
+    """The options of `lift-ray eval`: `--config`/`--set`, and flags for single settings, which win over both."""
     parser.add_argument(
-        "--niah-methods", nargs="+", default=None, metavar="METHOD", help="methods run on NIAH (default: all given)"
+        "--config",
+        help="eval config YAML (EvalConfig; its LIFT settings under `lift:`), or a LIFT config YAML, read as `lift:`",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting: a LIFT one (--set train.epochs=3, i.e. lift.train.epochs) or an eval one "
+        "(--set context_share=0.25, --set niah.instances=5); repeatable, applied after --config",
+    )
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD", help=_help(EvalConfig, "methods"))
+    parser.add_argument("--data", default=None, help=_help(EvalConfig, "data"))
+    parser.add_argument("--context-tokens", type=int, default=None, help=_help(EvalConfig, "context_tokens"))
+    parser.add_argument(
+        "--context-share", type=float, default=None, metavar="FLOAT", help=_help(EvalConfig, "context_share")
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=None, help=_help(EvalConfig, "max_new_tokens"))
+    parser.add_argument("--niah-lengths", type=int, nargs="*", default=None, help=_help(NiahSettings, "lengths"))
+    parser.add_argument("--niah-depths", type=float, nargs="+", default=None, help=_help(NiahSettings, "depths"))
+    parser.add_argument("--niah-instances", type=int, default=None, help=_help(NiahSettings, "instances"))
+    parser.add_argument(
+        "--niah-methods", nargs="+", default=None, metavar="METHOD", help=_help(NiahSettings, "methods")
     )
     parser.add_argument(
         "--niah-set",
@@ -439,89 +542,82 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra settings for LIFTing haystacks (the paper trains NIAH longer), e.g. --niah-set train.epochs=8",
-    )
-    parser.add_argument("--no-general", action="store_true", help="skip the general-knowledge side-effect check")
-    parser.add_argument(
-        "--answer-threads",
-        type=int,
-        default=2,
-        help="torch threads of the answering model (1 copes far better with a busy shared machine)",
+        help="extra settings for LIFTing haystacks (the paper trains NIAH longer), e.g. --niah-set train.epochs=8; "
+        "added after the config's niah.overrides",
     )
     parser.add_argument(
-        "--judge-url", default=None, help="OpenAI-compatible base URL of an LLM judge (e.g. http://host:8000/v1)"
+        "--no-general", action="store_true", default=None, help="skip the general-knowledge side-effect check"
     )
-    parser.add_argument("--judge-model", default="gpt-4o", help="the judge's model name")
-    parser.add_argument(
-        "--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key"
-    )
-    parser.add_argument("--plan-only", action="store_true", help="print what would be trained, then stop")
-    parser.add_argument("--name", default="eval", help="results file docs/results/<name>.json")
+    parser.add_argument("--answer-threads", type=int, default=None, help=_help(EvalConfig, "answer_threads"))
+    parser.add_argument("--judge-url", default=None, help=_help(JudgeSettings, "url"))
+    parser.add_argument("--judge-model", default=None, help=_help(JudgeSettings, "model"))
+    parser.add_argument("--judge-api-key-env", default=None, help=_help(JudgeSettings, "api_key_env"))
+    parser.add_argument("--plan-only", action="store_true", default=None, help=_help(EvalConfig, "plan_only"))
+    parser.add_argument("--name", default=None, help=_help(EvalConfig, "name"))
+
+
+def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """The EvalConfig of a `lift-ray eval` command line: `--config`, then `--set`, then the flags given.
+    ConfigError (a ValueError) with the reasons when it is not valid."""
+    overrides = [
+        setting if setting.split("=", 1)[0].split(".", 1)[0].strip() in EvalConfig.model_fields else f"lift.{setting}"
+        for setting in args.overrides
+    ]
+    for dest, field in FLAG_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides.append(f"{field}={json.dumps(value)}")
+    if args.no_general:
+        overrides.append("general=false")
+    config = load_config(EvalConfig, args.config, overrides)
+    if args.niah_overrides:
+        config.niah.overrides = [*config.niah.overrides, *args.niah_overrides]
+    return config
 
 
 def eval_command(args: argparse.Namespace) -> int:
     """`lift-ray eval`: run, write docs/results/<name>.json and NIAH heatmaps, print the table; 0, or 2 on
     bad arguments."""
     try:
-        methods = [get_method(name) for name in args.methods]
-        for name in args.niah_methods or []:
-            get_method(name)
-        for method in methods:
-            method_config(method, args.config, args.overrides)  # a bad config fails before any training
+        config = eval_config_from_args(args)
+        for method in config.method_list():  # a bad LIFT setting fails before any training
+            method_config(method, config.lift)
+            if method.name in config.niah_method_names():
+                method_config(method, config.lift, config.niah.overrides)
     except ValueError as exc:
         print(f"lift-ray eval: {exc}", flush=True)
         return 2
     from lift_ray.bench import markdown_table
 
-    plan = eval_plan(
-        methods,
-        method_config(methods[0], args.config, args.overrides),
-        args.data,
-        args.niah_lengths,
-        args.niah_depths,
-        args.niah_instances,
-        args.niah_methods,
-    )
+    print("eval config:\n" + config.to_yaml(), flush=True)
+    plan = eval_plan(config)
     if plan:
         table = markdown_table(list(plan[0]), [list(row.values()) for row in plan])
         print(f"plan (trained variants):\n{table}", flush=True)
-    if args.plan_only:
+    if config.plan_only:
         return 0
+    name = config.name
     results = run_eval(
-        methods,
-        config_path=args.config,
-        overrides=args.overrides,
-        data_dir=args.data,
-        context_tokens=args.context_tokens,
-        max_new_tokens=args.max_new_tokens,
-        niah_lengths=args.niah_lengths,
-        niah_depths=args.niah_depths,
-        niah_instances=args.niah_instances,
-        niah_methods=args.niah_methods,
-        niah_overrides=args.niah_overrides,
-        general=not args.no_general,
-        answer_threads=args.answer_threads,
-        judge=judge_engine(args.judge_url, args.judge_model, args.judge_api_key_env) if args.judge_url else None,
-        on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{args.name}_partial"),
+        config, on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{name}_partial")
     )
     from lift_ray.bench import write_results
 
-    per_question = {name: entry.pop("per_question", []) for name, entry in results.items()}
-    path = write_eval_results(results, args.name)
+    per_question = {method: entry.pop("per_question", []) for method, entry in results.items()}
+    path = write_eval_results(results, name)
     adapters = [
-        {"method": name, "doc_id": doc_id, **row}
-        for name, entry in results.items()
+        {"method": method, "doc_id": doc_id, **row}
+        for method, entry in results.items()
         for doc_id, row in (entry.get("gate") or {}).get("per_document", {}).items()
     ]
     if adapters:  # every trained adapter of the run: does the gate's score track the real one across them?
         pooled = [(a["holdout_score"], a["contains"]) for a in adapters if a["holdout_score"] is not None]
-        write_results(f"{args.name}_gate", {"pearson_all_adapters": pearson(pooled), "adapters": adapters})
-    (RESULTS_DIR / f"{args.name}_partial.json").unlink(missing_ok=True)
-    plot_scores(results, RESULTS_DIR / f"{args.name}_scores.png", "Document QA: scores and LIFT cost per document")
-    grids = {name: niah_cells(entry["niah_grid"]) for name, entry in results.items() if entry.get("niah_grid")}
+        write_results(f"{name}_gate", {"pearson_all_adapters": pearson(pooled), "adapters": adapters})
+    (RESULTS_DIR / f"{name}_partial.json").unlink(missing_ok=True)
+    plot_scores(results, RESULTS_DIR / f"{name}_scores.png", "Document QA: scores and LIFT cost per document")
+    grids = {method: niah_cells(entry["niah_grid"]) for method, entry in results.items() if entry.get("niah_grid")}
     if grids:
-        plot_niah_grids(grids, RESULTS_DIR / f"{args.name}_niah.png")
-    predictions = write_results(f"{args.name}_predictions", per_question)
+        plot_niah_grids(grids, RESULTS_DIR / f"{name}_niah.png")
+    predictions = write_results(f"{name}_predictions", per_question)
     print(results_table(results), flush=True)
     print(f"results: {path}\npredictions: {predictions}", flush=True)
     return 0

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lift_ray.config import LiftConfig
+from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import read_document_file
+from lift_ray.eval.config import EvalConfig
 from lift_ray.eval.harness import DOCQA_DIR, GENERAL_FILE, METHOD_NAMES, RESULT_FIELDS, eval_results, get_method
 from lift_ray.eval.runner import method_config, run_eval
 from lift_ray.pipeline import qa_cache_path, sentence_count
@@ -98,9 +99,10 @@ def test_short_eval_lift_answers_what_the_base_model_cannot(
         Store.from_uri(config.storage.root), qa_cache_path(config.storage.namespace, document, config), cache_rows
     )
 
-    results = run_eval(
-        [get_method("base"), get_method("lift")], overrides=overrides, data_dir=short_data, max_new_tokens=24
+    eval_config = EvalConfig(
+        methods=["base", "lift"], data=short_data, max_new_tokens=24, lift=load_config(LiftConfig, None, overrides)
     )
+    results = run_eval(eval_config)
 
     base, lift = results["base"], results["lift"]
     assert base["contains"] <= 0.25, [r["prediction"] for r in base["per_question"]]  # invented facts
@@ -112,6 +114,7 @@ def test_short_eval_lift_answers_what_the_base_model_cannot(
     assert base["general_contains"] >= 0.5
     assert lift["general_contains"] is not None
     assert lift["train_seconds_per_document"] > 0 and lift["peak_memory_mb"] > 0
+    assert (lift["adapters_reused"], lift["adapters_trained_count"], lift["adapters_reused_count"]) == (False, 1, 0)
     table = eval_results(results)
     assert set(table) == set(METHOD_NAMES)
     for name in METHOD_NAMES:

@@ -14,6 +14,7 @@ from lift_ray.chat_stub import ChatStub
 from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
 from lift_ray.documents import Document, validate_doc_id
 from lift_ray.eval import niah
+from lift_ray.eval.config import EvalConfig
 from lift_ray.eval.harness import (
     CUT_MARKER,
     METHOD_NAMES,
@@ -21,8 +22,10 @@ from lift_ray.eval.harness import (
     RESULT_FIELDS,
     Question,
     answer_questions,
+    budgeted_context,
     build_messages,
     contains_answer,
+    context_budget,
     eval_results,
     get_method,
     judge_answers,
@@ -35,7 +38,7 @@ from lift_ray.eval.harness import (
     truncated_context,
     write_eval_results,
 )
-from lift_ray.eval.runner import merge_eval_runs, method_config, run_eval, train_adapters
+from lift_ray.eval.runner import Training, merge_eval_runs, method_config, run_eval, train_adapters
 from lift_ray.pipeline import DocumentReport
 
 
@@ -154,6 +157,34 @@ def test_truncated_context_keeps_head_and_tail_within_budget(tokenizer):
 def test_truncated_context_refuses_a_budget_smaller_than_its_marker(tokenizer):
     with pytest.raises(ValueError, match="no room"):
         truncated_context("word " * 500, tokenizer, 5)
+
+
+def test_a_context_share_gives_exactly_that_share_of_a_documents_tokens():
+    tokenizer = WordTokenizer()
+    text = " ".join(f"w{i}" for i in range(400))  # 400 tokens
+    assert context_budget(400, 1024, 0.25) == 100
+    assert context_budget(401, 1024, 0.25) == 100  # rounded down
+    assert context_budget(400, 64, 0.25) == 64  # context_tokens still caps it
+    assert context_budget(400, 1024) == 1024 and context_budget(100, 1024, 0.29) == 29  # no float slip to 28
+    cut, document_tokens, read = budgeted_context(text, tokenizer, 1024, 0.25)
+    assert (document_tokens, read) == (400, 100)
+    assert len(cut.split()) == 100  # head + marker + tail: exactly the quarter
+    head, tail = cut.split(CUT_MARKER)
+    assert text.startswith(head) and text.endswith(tail)
+    marker_tokens = len(CUT_MARKER.split())
+    assert len(head.split()) + len(tail.split()) == 100 - marker_tokens
+    assert budgeted_context(text, tokenizer, 1024, 1.0) == (text, 400, 400)  # the whole document
+    assert budgeted_context(text, tokenizer, 1024) == (text, 400, 400)
+    with pytest.raises(ValueError, match="share"):
+        context_budget(400, 1024, 0.0)
+
+
+def test_a_context_share_cuts_a_real_tokenizers_document_to_its_share(tokenizer):
+    text = " ".join(f"Sentence number {i} talks about the harbour of Saltmere." for i in range(100))
+    total = n_tokens(tokenizer, text)
+    cut, document_tokens, read = budgeted_context(text, tokenizer, 10_000, 0.25)
+    assert document_tokens == total and read == total // 4
+    assert read - 12 <= n_tokens(tokenizer, cut) <= read
 
 
 # ---------------------------------------------------------------- NIAH
@@ -421,11 +452,9 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         lifted.append((config.storage.namespace, config.generator.preset, len(docs)))
         return [FakeReport(d.doc_id) for d in docs]
 
+    config = EvalConfig(lift={"train": {"epochs": 1}}, niah={"lengths": [128], "depths": [0.0, 1.0]})
     results = run_eval(
-        METHODS,
-        overrides=["train.epochs=1"],
-        niah_lengths=[128],
-        niah_depths=[0.0, 1.0],
+        config,
         lift_fn=fake_lift,
         chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
     )
@@ -457,43 +486,112 @@ def test_run_eval_reports_documents_that_failed_to_lift():
 
     with pytest.raises(RuntimeError, match="no valid QA pairs"):
         run_eval(
-            [get_method("lift")],
-            general=False,
+            EvalConfig(methods=["lift"], general=False),
             lift_fn=failing_lift,
             chat_model_factory=lambda serve_config: FakeChatModel({}, []),
         )
 
 
+def test_run_eval_with_a_context_share_gives_icl_that_share_and_says_so():
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+    calls: list = []
+    config = EvalConfig(methods=["base", "icl", "lift_icl"], context_share=0.25, general=False)
+    results = run_eval(
+        config,
+        lift_fn=lambda docs, config: [FakeReport(d.doc_id) for d in docs],
+        chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
+    )
+    prompts = [content for _, content, *_ in calls if "Here is a document." in content]
+    assert len(prompts) == 2 * len(questions)
+    quarters = {len(d.text.split()) // 4 for d in documents.values()}
+    for content in prompts:
+        document = content.split("Here is a document.\n\n", 1)[1].split("\n\nAnswer the question", 1)[0]
+        assert CUT_MARKER in document and len(document.split()) in quarters  # word tokens: exactly a quarter
+    total = sum(len(d.text.split()) for d in documents.values())
+    for name in ("icl", "lift_icl"):
+        assert results[name]["context_share"] == 0.25 and results[name]["context_tokens"] == 1024
+        assert results[name]["context_read_share"] == round(
+            sum(len(d.text.split()) // 4 for d in documents.values()) / total, 4
+        )
+    assert "context_share" not in results["base"]
+    table = eval_results(results)
+    assert table["icl"]["context_share"] == 0.25 and table["icl"]["context_read_share"] < 0.26
+    header, *rows = results_table(results).splitlines()
+    assert header.rstrip(" |").endswith("context_read_share")
+    assert any(
+        row.startswith("| icl |") and row.rstrip(" |").endswith(str(results["icl"]["context_read_share"]))
+        for row in rows
+    )
+    assert "context_read_share" not in results_table({"base": {"f1": 0.1}})
+
+
+def test_run_eval_says_when_adapters_were_reused_from_an_earlier_run():
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+
+    def partly_published(docs, config):  # the first document was already published with this config
+        return [FakeReport(d.doc_id, "skipped" if i == 0 else "published") for i, d in enumerate(docs)]
+
+    def all_published(docs, config):
+        return [FakeReport(d.doc_id, "skipped") for d in docs]
+
+    def run(lift_fn):
+        config = EvalConfig(methods=["lift", "lift_icl"], general=False, niah={"lengths": [64], "depths": [0.5]})
+        return run_eval(config, lift_fn=lift_fn, chat_model_factory=lambda serve_config: FakeChatModel(gold, []))
+
+    partly = run(partly_published)["lift"]
+    assert partly["adapters_reused"] is True
+    assert (partly["adapters_reused_count"], partly["adapters_trained_count"]) == (1, len(documents) - 1)
+    assert partly["train_seconds_per_document"] is not None
+    assert (partly["niah_adapters_reused_count"], partly["niah_adapters_trained_count"]) == (1, 0)  # 1 haystack
+    reused = run(all_published)
+    for name in ("lift", "lift_icl"):
+        entry = reused[name]
+        assert entry["adapters_reused"] is True and entry["adapters_trained_count"] == 0, name
+        assert entry["adapters_reused_count"] == len(documents)
+        assert entry["train_seconds_per_document"] is None and entry["seconds_per_document"] is None
+        assert entry["niah_adapters_reused"] is True and entry["niah_train_seconds_per_document"] is None
+
+
 def eval_parser():
-    """`lift-ray eval` as cli.py wires it: the eval options plus --config/--set."""
+    """`lift-ray eval` as cli.py wires it: the eval options, --config/--set included."""
     import argparse
 
-    from lift_ray.cli import _config_args
     from lift_ray.eval.runner import add_eval_arguments
 
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
-    _config_args(parser)
     return parser
 
 
 def test_eval_command_parses_and_rejects_bad_methods_and_settings_before_training(capsys):
-    from lift_ray.eval.runner import eval_command
+    from lift_ray.eval.runner import eval_command, eval_config_from_args
 
     args = eval_parser().parse_args(["--methods", "base", "lift", "--niah-lengths", "256", "512", "--set", "seed=3"])
-    assert args.methods == ["base", "lift"] and args.niah_lengths == [256, 512] and args.overrides == ["seed=3"]
-    assert eval_parser().parse_args([]).methods == list(METHOD_NAMES)
+    config = eval_config_from_args(args)
+    assert config.methods == ["base", "lift"] and config.niah.lengths == [256, 512] and config.lift.seed == 3
+    assert eval_config_from_args(eval_parser().parse_args([])).methods == list(METHOD_NAMES)
     assert eval_command(eval_parser().parse_args(["--methods", "rag"])) == 2
     assert "unknown method 'rag'" in capsys.readouterr().out
     assert eval_command(eval_parser().parse_args(["--set", "train.epochs=0"])) == 2
     assert "train.epochs" in capsys.readouterr().out
+    assert eval_command(eval_parser().parse_args(["--context-share", "1.5"])) == 2
+    assert "context_share" in capsys.readouterr().out
+    assert (
+        eval_command(eval_parser().parse_args(["--methods", "lift", "--niah-lengths", "64", "--niah-set", "x=1"])) == 2
+    )
+    assert "extra" in capsys.readouterr().out.lower()  # a bad haystack setting fails before training, too
 
 
 def test_the_plan_counts_generator_prompts_per_trained_variant_and_task(embedded_model_dir):
     from lift_ray.eval.runner import eval_plan
 
     methods = [get_method(name) for name in ("base", "finetune_raw", "lift", "lift_icl")]
-    plan = eval_plan(methods, LiftConfig(), niah_lengths=[256], niah_depths=[0, 0.5, 1], niah_methods=["lift"])
+    config = EvalConfig(
+        methods=[m.name for m in methods], niah={"lengths": [256], "depths": [0, 0.5, 1], "methods": ["lift"]}
+    )
+    plan = eval_plan(config)
     rows = {(row["variant"], row["task"]): row for row in plan}
     assert set(rows) == {("finetune_raw", "docqa"), ("lift", "docqa"), ("lift", "niah")}  # base trains nothing
     assert rows[("lift", "docqa")]["documents"] == 5 and rows[("lift", "docqa")]["sentences"] > 5 * 10
@@ -522,8 +620,7 @@ def test_run_eval_asks_an_openai_compatible_judge_about_every_answer(serve_fake_
     documents, questions = load_docqa()
     gold = {question.question: question.answers[0] for question in questions}
     results = run_eval(
-        [get_method("base"), get_method("icl")],
-        general=False,
+        EvalConfig(methods=["base", "icl"], general=False),
         judge=judge,
         chat_model_factory=lambda serve_config: FakeChatModel(gold, []),
     )
@@ -559,6 +656,39 @@ def test_merged_runs_keep_docqa_from_one_run_and_niah_cells_from_later_runs():
     assert set(merged) == {"lift", "base", "icl"}
 
 
+def test_merged_runs_pass_through_where_adapters_came_from_and_what_icl_read():
+    docqa = {
+        "lift": {"f1": 0.3, "train_seconds_per_document": None, "adapters_reused": True, "adapters_reused_count": 5},
+        "icl": {"f1": 0.2, "context_tokens": 1024, "context_share": 0.25, "context_read_share": 0.2497},
+    }
+    origin = {"niah_adapters_reused": True, "niah_adapters_reused_count": 3, "niah_adapters_trained_count": 0}
+    niah_runs = {
+        "run1k": {"lift": {"niah_grid": {"1024@0.0": 1.0}, **origin}},
+        "run2k": {
+            "lift": {"niah_grid": {"2048@0.0": 1.0}, **origin, "niah_adapters_trained_count": 2},
+            "icl": {"niah_grid": {"2048@0.0": 0.0}, "niah_context_share": 0.25},
+        },
+        "old": {"lift": {"niah_grid": {"4096@0.0": 1.0}}},
+    }
+    merged = merge_eval_runs(docqa, {name: niah_runs[name] for name in ("run1k", "run2k")}, "docqa")
+    lift = merged["lift"]
+    assert lift["adapters_reused"] is True and lift["adapters_reused_count"] == 5
+    assert lift["train_seconds_per_document"] is None
+    assert (lift["niah_adapters_reused"], lift["niah_adapters_reused_count"], lift["niah_adapters_trained_count"]) == (
+        True,
+        6,
+        2,
+    )
+    assert lift["niah_runs"]["run2k"]["niah_adapters_trained_count"] == 2
+    assert merged["icl"]["context_share"] == 0.25 and merged["icl"]["context_read_share"] == 0.2497
+    assert (
+        merged["icl"]["niah_runs"] == {"run2k": {"niah_context_share": 0.25}}
+        and "niah_adapters_reused" not in merged["icl"]
+    )
+    with_old = merge_eval_runs(docqa, niah_runs, "docqa")["lift"]  # a run from before the counts: unknown
+    assert with_old["niah_adapters_reused_count"] is None and with_old["niah_adapters_reused"] is None
+
+
 def test_training_time_is_per_document_trained_and_none_when_all_were_already_published():
     documents = [Document.from_text(f"doc{i}", "Some text.") for i in range(3)]
 
@@ -572,9 +702,15 @@ def test_training_time_is_per_document_trained_and_none_when_all_were_already_pu
     def fail_one(docs, config):
         return [DocumentReport(docs[0].doc_id, "failed", error="empty document")]
 
-    seconds = train_adapters(documents, LiftConfig(), lift_two_skip_one)
+    training = train_adapters(documents, LiftConfig(), lift_two_skip_one)
+    seconds = training.seconds_per_document
     assert seconds is not None and 0.15 <= seconds < 1.0  # 0.3 s over the 2 trained, not the 3 asked for
-    assert train_adapters(documents, LiftConfig(), skip_all) is None
+    assert (training.trained, training.reused) == (2, 1)
+    assert train_adapters(documents, LiftConfig(), skip_all) == Training(None, 0, 3)
+    flagged = train_adapters(
+        documents, LiftConfig(), lambda docs, config: [DocumentReport(docs[0].doc_id, "low_quality")]
+    )
+    assert (flagged.trained, flagged.reused) == (1, 0) and flagged.seconds_per_document is not None
     with pytest.raises(RuntimeError, match="empty document"):
         train_adapters(documents, LiftConfig(), fail_one)
 
