@@ -1,8 +1,8 @@
 """The Ray Serve application: `build_app(config)` wires the plain deployment classes of `deployments.py`.
 
 An OpenAI-compatible ingress (`OpenAIIngress`) in front of replicas that multiplex per-document adapters
-(`AdapterModel`). `app_builder` is the entry of `serve run serve/config.yaml` / `serve deploy` (through
-`serve/app.py`); `lift-ray serve` calls `build_app`. See docs/serving.md.
+(`AdapterModel`). `lift-ray serve` calls `build_app`, and so does `serve/app.py`'s `app_builder`, the entry of
+`serve run serve/config.yaml` / `serve deploy`. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Deployment
 
-from lift_ray.config import ServeConfig, TenantSettings, load_config
+from lift_ray.config import ServeConfig, TenantSettings
 from lift_ray.online import lift_config_for
 from lift_ray.serving.deployments import AdapterModel, ingress_class
 
@@ -57,8 +57,3 @@ def build_app(config: ServeConfig) -> serve.Application:
     # Built here, so a LIFT config that does not fit the served model fails `serve run` at once, with the reason.
     lift_config = lift_config_for(config) if config.online_lift.enabled else None
     return ingress_deployment(config).bind(model, config, lift_config)
-
-
-def app_builder(args: dict[str, Any]) -> serve.Application:
-    """Entry point for `serve run serve/config.yaml` / `serve deploy`: args.config is a ServeConfig YAML path."""
-    return build_app(load_config(ServeConfig, args.get("config")))
