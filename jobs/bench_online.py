@@ -29,6 +29,7 @@ import tempfile
 import time
 from typing import Any
 
+from lift_ray import online
 from lift_ray.bench import (
     add_config_arguments,
     bench_config,
@@ -40,7 +41,6 @@ from lift_ray.bench import (
 )
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
-from lift_ray.serving import online
 from lift_ray.storage import Store
 
 
@@ -50,7 +50,7 @@ def lift_posted(base: LiftConfig, documents: list[Document], namespace: str, win
 
     config = online.for_namespace(base, namespace)
     store = Store.from_uri(config.storage.root)
-    task = ray.remote(num_cpus=0, max_retries=0)(online.run_online_lift)
+    task = online.online_lift_task
     started = time.perf_counter()
     records = [online.new_record(document, namespace, config.adapter_hash(), "text") for document in documents]
     for record in records:

@@ -57,7 +57,7 @@ def start_serve(config: ServeConfig, app_name: str = "lift") -> str:
 
     from lift_ray.client import wait_until_healthy
     from lift_ray.ray_connect import connect_ray
-    from serve.app import build_app
+    from lift_ray.serving.app import build_app
 
     connect_ray(namespace="serve")  # as serve.start would (Ray Serve's namespace), but bounded on a dead cluster
     serve.start(http_options={"host": config.host, "port": config.port})

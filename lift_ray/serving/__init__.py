@@ -1,13 +1,16 @@
-"""Serving LIFTed documents: engines, the adapter cache tiers, the manifest index, tenants (no Ray here).
+"""Serving LIFTed documents: engines, the adapter cache tiers, the manifest index, tenants, the OpenAI API.
 
-`serve/app.py` wraps `AdapterService` in Ray Serve deployments behind an OpenAI-compatible ingress.
+The modules imported here are plain classes and functions, no Ray. The Ray Serve layer is apart, imported
+only by what starts the endpoint: `deployments.py` (the plain deployment classes `AdapterModel`, over
+`AdapterService`, and `OpenAIIngress`) and `app.py` (`build_app(config)`, which wires them;
+`serve/app.py` is its `serve run` entry). `openai_api.py` holds the request and reply schemas and the
+server-sent events.
 """
 
 from lift_ray.serving.adapters import AdapterFetcher, AdapterUnusable, SingleFlight, UnknownDocument
 from lift_ray.serving.engines import Chunk, GenerationRequest, HFPeftEngine, VLLMLoRAEngine, make_serving_engine
 from lift_ray.serving.index import ManifestIndex
 from lift_ray.serving.service import (
-    AdapterChatModel,
     AdapterService,
     AnswerRequest,
     BadRequest,
@@ -19,7 +22,6 @@ from lift_ray.serving.service import (
 from lift_ray.serving.tenants import Tenants, Unauthorized
 
 __all__ = [
-    "AdapterChatModel",
     "AdapterFetcher",
     "AdapterService",
     "AdapterUnusable",

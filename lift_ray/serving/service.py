@@ -2,8 +2,7 @@
 
 `AdapterService` ties an engine (`engines.py`), the disk tier (`adapters.AdapterFetcher`) and, when
 `manage_memory` is on, its own memory-tier LRU. Behind Ray Serve, `@serve.multiplexed` is the memory
-tier instead and calls `attach`/`detach`. `AdapterChatModel` is the single-namespace form the
-evaluation harness uses.
+tier instead and calls `attach`/`detach`.
 """
 
 from __future__ import annotations
@@ -243,30 +242,3 @@ class AdapterService:
         return ChatAnswer(
             "".join(parts).strip(), last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop"
         )
-
-
-class AdapterChatModel(AdapterService):
-    """One namespace (`config.storage.namespace`), adapters by document id: what the evaluation harness uses."""
-
-    @property
-    def loaded(self) -> set[str]:
-        """Document ids whose adapters are in memory."""
-        namespace = self.config.storage.namespace
-        return {doc for ns, doc in map(split_key, self.attached) if ns == namespace}
-
-    def load_adapter(self, doc_id: str) -> float:
-        """Attach the adapter of `doc_id`; seconds taken."""
-        return self.attach(self.config.storage.namespace, doc_id).seconds
-
-    def unload_adapter(self, doc_id: str) -> None:
-        """Detach the adapter of `doc_id`."""
-        self.detach(self.config.storage.namespace, doc_id)
-
-    def chat(
-        self, messages: list[dict[str, str]], doc_id: str | None, max_new_tokens: int, temperature: float = 0.0
-    ) -> ChatAnswer:
-        """Answer a conversation with the adapter of `doc_id` (None: the base model)."""
-        if doc_id is not None and adapter_key(self.config.storage.namespace, doc_id) not in self.attached:
-            self.load_adapter(doc_id)
-        request = AnswerRequest(self.config.storage.namespace, doc_id, messages, None, max_new_tokens, temperature)
-        return self.answer(request)

@@ -23,21 +23,17 @@ MAX_TOKENS = 8
 
 
 def probed_app(config: ServeConfig) -> Any:
-    """`serve.app.build_app(config)`, with an adapter model that also answers `batch_stats()` (its engine's
+    """`build_app(config)`'s deployments, with an adapter model that also answers `batch_stats()` (its engine's
     counts of what each vLLM step decoded together), so a test can see that batching happened."""
-    from ray import serve
+    from lift_ray.serving.app import ingress_deployment, model_deployment
+    from lift_ray.serving.deployments import AdapterModel
 
-    from serve.app import AdapterModel, OpenAIIngress, deployment_options
-
-    class ProbedAdapterModel(AdapterModel.func_or_class):
+    class ProbedAdapterModel(AdapterModel):
         def batch_stats(self) -> dict[str, dict[int, int]]:
             return self.service.engine.batch_stats()
 
-    model = serve.deployment(ProbedAdapterModel).options(**deployment_options(config)).bind(config)
-    ingress = OpenAIIngress.options(
-        ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=max(100, 4 * config.max_ongoing_requests)
-    )
-    return ingress.bind(model, config, None)
+    model = model_deployment(config, ProbedAdapterModel).bind(config)
+    return ingress_deployment(config).bind(model, config, None)
 
 
 def batch_stats() -> dict[str, dict[int, int]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES = {"cpu": REPO / "serve" / "config.yaml", "gpu": REPO / "serve" / "config-gpu.yaml"}
 
 
-def deployment_classes() -> set[str]:
-    """Names of the classes in serve/app.py decorated with @serve.deployment."""
-    tree = ast.parse((REPO / "serve" / "app.py").read_text())
-    return {
-        node.name
-        for node in tree.body
-        if isinstance(node, ast.ClassDef) and any("deployment" in ast.unparse(d) for d in node.decorator_list)
-    }
+def deployment_names() -> set[str]:
+    """Names of the deployments `build_app` makes."""
+    from lift_ray.serving.app import ingress_deployment, model_deployment
+
+    return {model_deployment(ServeConfig()).name, ingress_deployment(ServeConfig()).name}
 
 
 @pytest.mark.parametrize("profile", PROFILES, ids=list(PROFILES))
@@ -32,7 +28,7 @@ def test_profile_is_a_serve_config_for_this_app_with_autoscaling(profile):
     [app] = schema.applications
     assert app.import_path == "serve.app:app_builder"
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == deployment_classes() == {"AdapterModel", "OpenAIIngress"}
+    assert set(deployments) == deployment_names() == {"AdapterModel", "OpenAIIngress"}
     model = deployments["AdapterModel"]
     scaling = model.autoscaling_config
     assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
@@ -51,7 +47,7 @@ def test_profile_is_a_serve_config_for_this_app_with_autoscaling(profile):
 
 
 def test_build_app_options_follow_the_config():
-    from serve.app import deployment_options
+    from lift_ray.serving.app import deployment_options
 
     fixed = deployment_options(ServeConfig(num_replicas=3, num_cpus_per_replica=1.5, max_ongoing_requests=5))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
@@ -69,3 +65,15 @@ def test_build_app_options_follow_the_config():
 def test_autoscaling_bounds_are_checked():
     with pytest.raises(ValueError, match="min_replicas"):
         AutoscalingSettings(min_replicas=3, max_replicas=2)
+
+
+def test_the_serve_entry_builds_the_package_app():
+    """`serve.app:app_builder` (the profiles' import_path) builds the package's app, without Ray running."""
+    from ray.serve import Application
+
+    from lift_ray.serving import app
+    from serve import app as entry
+
+    assert entry.build_app is app.build_app
+    [application] = yaml.safe_load(PROFILES["cpu"].read_text())["applications"]
+    assert isinstance(entry.app_builder({"config": str(REPO / application["args"]["config"])}), Application)
