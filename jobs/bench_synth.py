@@ -27,9 +27,9 @@ from typing import Any
 from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import read_document_file, sentence_rows
+from lift_ray.engines import make_engine
 from lift_ray.metrics import grounded_sentence_fraction
 from lift_ray.models import resolve_base_model
-from lift_ray.synth.engines import make_engine
 from lift_ray.synth.generator import QAGenerator
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "orvella.txt"

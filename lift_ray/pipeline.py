@@ -78,7 +78,7 @@ def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
     """The lazy Ray Dataset of QA: documents → sentence rows → generator actors → rows with `qa_json`."""
     import ray.data
 
-    from lift_ray.synth.engines import engine_runtime_env
+    from lift_ray.engines import engine_runtime_env
     from lift_ray.synth.generator import QAGeneratorActor
 
     settings = config.generator

@@ -1,8 +1,8 @@
 """The evaluation's own answerer: the base model with per-document LoRA adapters, answering in batches.
 
-Built on transformers + peft and the package's store helpers only, so the evaluation does not depend on the
-serving code. Greedy decoding with left padding, several questions per `generate` call: on 2 CPU cores a
-batch of 8 short answers costs little more than one.
+Built on the transformers backend of `lift_ray.engines`, peft and the package's store helpers only, so the
+evaluation does not depend on the serving code. Greedy decoding with left padding, several questions per
+`generate` call: on 2 CPU cores a batch of 8 short answers costs little more than one.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from lift_ray.config import ServeConfig
+from lift_ray.engines.hf import active_adapter, generate_batch, length_batches
+from lift_ray.engines.runtime import cuda_available
 from lift_ray.models import load_causal_lm, load_tokenizer, resolve_base_model
 from lift_ray.storage import Store, fetch_adapter, read_manifest
 
@@ -46,7 +48,7 @@ class EvalChatModel:
         model_dir = resolve_base_model(config.model.base_model, Path(config.model.cache_dir))
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.padding_side = "left"  # generation continues from the right end of every row
-        base = load_causal_lm(model_dir, config.model.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+        base = load_causal_lm(model_dir, config.model.dtype, "cuda" if cuda_available() else "cpu")
         # A zero-initialised placeholder makes the model a PeftModel, so adapters come and go without a reload.
         self.model = get_peft_model(base, LoraConfig(r=1, target_modules=["q_proj"]), adapter_name=_PLACEHOLDER_ADAPTER)
         self.model.eval()
@@ -87,30 +89,23 @@ class EvalChatModel:
         if doc_id is not None and doc_id not in self.loaded:
             raise LookupError(f"adapter {doc_id!r} is not loaded")
         prompts = [self._prompt(messages, doc_id) for messages in conversations]
-        # Similar lengths share a batch, so little of each batch is padding.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         answers: dict[int, Answer] = {}
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            inputs = self.tokenizer(
-                [prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.model.device)
-            with torch.inference_mode():
-                if doc_id is None:
-                    with self.model.disable_adapter():
-                        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-                else:
-                    self.model.set_adapter(doc_id)
-                    output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            width = inputs["input_ids"].shape[1]
-            for row, index in enumerate(chunk):
-                new_tokens = output[row, width:]
-                ended = (new_tokens == self.tokenizer.eos_token_id).nonzero()
-                count = int(ended[0, 0]) + 1 if len(ended) else len(new_tokens)
+        # Similar lengths share a batch, so little of each batch is padding.
+        for chunk in length_batches([len(prompt) for prompt in prompts], self.batch_size):
+            with active_adapter(self.model, doc_id):
+                rows = generate_batch(
+                    self.model,
+                    self.tokenizer,
+                    [prompts[i] for i in chunk],
+                    max_new_tokens,
+                    temperature=0.0,
+                    end_ids={self.tokenizer.eos_token_id},
+                )
+            for index, (tokens, prompt_tokens) in zip(chunk, rows, strict=True):
                 answers[index] = Answer(
-                    text=self.tokenizer.decode(new_tokens[:count], skip_special_tokens=True).strip(),
-                    prompt_tokens=int(inputs["attention_mask"][row].sum()),
-                    completion_tokens=count,
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(tokens),
                 )
         return [answers[i] for i in range(len(prompts))]
 

@@ -368,7 +368,7 @@ def judge_answers(per_question: list[dict[str, Any]], judge: Any, max_new_tokens
     over the rows with a verdict) and `judge_unparsed` (rows without one), so a judge that cannot follow
     the prompt shows up as unparsed, not as wrong answers.
     """
-    from lift_ray.synth.engines import SamplingSettings
+    from lift_ray.engines import SamplingSettings
 
     conversations = [
         [{"role": "user", "content": llm_judge_prompt(row["question"], row["answers"], row["prediction"])}]

@@ -477,7 +477,7 @@ def niah_adapter_origin(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def judge_engine(base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY") -> Any:
     """The LLM judge: an `OpenAIChatEngine` on an OpenAI-compatible endpoint (greedy, a few tokens per verdict)."""
     from lift_ray.config import OpenAISettings
-    from lift_ray.synth.engines import OpenAIChatEngine
+    from lift_ray.engines import OpenAIChatEngine
 
     return OpenAIChatEngine(OpenAISettings(base_url=base_url, model=model, api_key_env=api_key_env))
 

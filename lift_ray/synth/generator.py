@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from lift_ray.config import GeneratorSettings, LiftConfig
+from lift_ray.engines import ChatEngine, Generation, SamplingSettings, make_engine
 from lift_ray.metrics import answer_is_grounded, answers_agree, normalize_answer, snap_to_source
 from lift_ray.synth.cache import SentenceQACache, complete_with_cache
-from lift_ray.synth.engines import ChatEngine, Generation, SamplingSettings, make_engine
 from lift_ray.synth.parsing import parse_qa_output, validate_pairs
 from lift_ray.synth.prompts import (
     build_answer_aware_messages,

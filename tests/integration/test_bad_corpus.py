@@ -23,8 +23,8 @@ import pytest
 from lift_ray.cli import REPORT_NAME, SUMMARY_NAME, report_key, run_lift
 from lift_ray.config import LiftConfig
 from lift_ray.documents import split_sentences
+from lift_ray.engines import Conversation, HFChatEngine, SamplingSettings
 from lift_ray.storage import Store, read_json_lines, read_manifest
-from lift_ray.synth.engines import Conversation, HFChatEngine, SamplingSettings
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lift_ray.config import GeneratorSettings, OpenAISettings
-from lift_ray.synth.engines import make_engine
+from lift_ray.engines import make_engine
 from lift_ray.synth.generator import QAGenerator
 
 pytestmark = pytest.mark.integration

@@ -15,12 +15,12 @@ import jsonschema
 import pytest
 
 from lift_ray.config import GeneratorSettings, VLLMSettings
-from lift_ray.synth.engines import (
+from lift_ray.engines import (
     Generation,
     HFChatEngine,
     SamplingSettings,
     VLLMChatEngine,
-    _cpu_list,
+    cpu_list,
     make_engine,
     vllm_cpu_environment,
 )
@@ -64,16 +64,16 @@ def vllm_engine(embedded_model_dir: Path) -> VLLMChatEngine:
 
 
 def test_cpu_list_is_compact() -> None:
-    assert _cpu_list([0, 1]) == "0-1"
-    assert _cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
-    assert _cpu_list([3]) == "3"
+    assert cpu_list([0, 1]) == "0-1"
+    assert cpu_list([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert cpu_list([3]) == "3"
 
 
 def test_vllm_cpu_environment_binds_available_cores() -> None:
     env = vllm_cpu_environment(VLLMSettings(cpu_kvcache_space_gib=2))
     assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    assert env["VLLM_CPU_OMP_THREADS_BIND"] == _cpu_list(sorted(os.sched_getaffinity(0)))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == cpu_list(sorted(os.sched_getaffinity(0)))
     assert vllm_cpu_environment(VLLMSettings(cpu_threads_bind="0"))["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     if "LD_PRELOAD" in env:
         assert Path(env["LD_PRELOAD"]).name == "libiomp5.so"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lift_ray.config import VLLMSettings
-from lift_ray.synth.engines import HFChatEngine, SamplingSettings, VLLMChatEngine
+from lift_ray.engines import HFChatEngine, SamplingSettings, VLLMChatEngine
 
 pytestmark = pytest.mark.gpu
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 
 from lift_ray.config import GeneratorSettings
-from lift_ray.synth.engines import Conversation, Generation, SamplingSettings
+from lift_ray.engines import Conversation, Generation, SamplingSettings
 from lift_ray.synth.generator import QAGenerator
 from lift_ray.synth.prompts import VERIFY_INSTRUCTION
 

@@ -7,7 +7,7 @@ import time
 
 from lift_ray.chat_stub import ChatStub, replay_recorded_pairs
 from lift_ray.config import GeneratorSettings, OpenAISettings
-from lift_ray.synth.engines import OpenAIChatEngine, SamplingSettings, make_engine
+from lift_ray.engines import OpenAIChatEngine, SamplingSettings, make_engine
 from lift_ray.synth.generator import QAGenerator
 from lift_ray.synth.prompts import build_messages
 

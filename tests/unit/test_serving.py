@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.config import TenantSettings
 from lift_ray.serving import AdapterFetcher, AdapterUnusable, ManifestIndex, SingleFlight, Tenants, Unauthorized
 from lift_ray.serving.adapters import UnknownDocument, check_adapter
-from lift_ray.serving.random_adapters import write_random_adapter
 from lift_ray.serving.tenants import parse_key_list
 from lift_ray.storage import S3Store, Store, publish_adapter
 

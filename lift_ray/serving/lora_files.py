@@ -1,15 +1,14 @@
-"""Random-weight LoRA adapters in PEFT's layout for a Llama-style model: test and benchmark material.
+"""LoRA adapter folders in PEFT's layout, written from a Llama-style model's config.json alone.
 
-Shapes come from the model's config.json alone, so thousands can be written without loading the model.
+Serving needs one: the all-zero adapter that base-model requests carry through vLLM on CPU
+(`write_zero_adapter`). Shapes come from config.json, so no model is loaded to write one.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import Any
 
 ATTENTION = ["q_proj", "v_proj"]
 
@@ -41,22 +40,12 @@ def lora_shapes(model_dir: Path, rank: int, target_modules: list[str]) -> dict[s
     return shapes
 
 
-def write_random_adapter(
-    model_dir: Path,
-    out_dir: Path,
-    rank: int = 8,
-    target_modules: list[str] | None = None,
-    seed: int = 0,
-    strength: float = 1.0,
-    dtype: torch.dtype = torch.float32,
+def write_lora_adapter(
+    model_dir: Path, out_dir: Path, tensors: dict[str, Any], rank: int, target_modules: list[str]
 ) -> Path:
-    """A PEFT adapter folder with random A (unit-scale outputs) and B (std 0.05 x `strength`)."""
-    modules = target_modules or ATTENTION
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, shape in lora_shapes(model_dir, rank, modules).items():
-        std = 0.05 * strength if ".lora_B." in name else shape[1] ** -0.5
-        tensors[name] = (torch.randn(shape, generator=generator) * std).to(dtype)
+    """`out_dir` as a PEFT adapter folder: `tensors` (safetensors) and a LoRA config (alpha 2 x `rank`)."""
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))
@@ -67,10 +56,19 @@ def write_random_adapter(
         "r": rank,
         "lora_alpha": 2 * rank,
         "lora_dropout": 0.0,
-        "target_modules": modules,
+        "target_modules": target_modules,
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
     }
     (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out_dir
+
+
+def write_zero_adapter(model_dir: Path, out_dir: Path, rank: int = 1, target_modules: list[str] | None = None) -> Path:
+    """A PEFT adapter folder whose every weight is zero: the model with it answers as the base model does."""
+    import torch
+
+    modules = target_modules or ATTENTION
+    tensors = {name: torch.zeros(shape) for name, shape in lora_shapes(model_dir, rank, modules).items()}
+    return write_lora_adapter(model_dir, out_dir, tensors, rank, modules)
