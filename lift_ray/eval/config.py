@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lift_ray.config import LiftConfig
 from lift_ray.documents import validate_doc_id
 from lift_ray.eval.harness import DOCQA_DIR, METHOD_NAMES, Method, get_method
-from lift_ray.eval.niah import DEFAULT_DEPTHS
+from lift_ray.eval.niah import DEFAULT_DEPTHS, NEEDLE_NAMES, Needle, get_needle
 
 LIFT_KEYS = frozenset(LiftConfig.model_fields)
 
@@ -36,6 +36,11 @@ class NiahSettings(EvalSection):
         default_factory=lambda: list(DEFAULT_DEPTHS), description="needle depths, 0 = first sentence, 1 = last"
     )
     instances: int = Field(1, ge=1, description="haystacks per cell (the paper uses 5)")
+    needles: list[str] = Field(
+        default_factory=lambda: list(NEEDLE_NAMES),
+        description="needles hidden, by name (data/niah/needles.json: the paper's 'sandwich' and two unlike the "
+        "niah preset's example); each gets the whole grid",
+    )
     methods: list[str] | None = Field(None, description="methods that also run NIAH; None: every method run")
     overrides: list[str] = Field(
         default_factory=list,
@@ -62,6 +67,19 @@ class NiahSettings(EvalSection):
         for name in methods or []:
             get_method(name)
         return methods
+
+    @field_validator("needles")
+    @classmethod
+    def _known_needles(cls, needles: list[str]) -> list[str]:
+        if not needles:
+            raise ValueError("give at least one needle")
+        for name in needles:
+            get_needle(name)
+        return needles
+
+    def needle_list(self) -> list[Needle]:
+        """The needles to hide, in order."""
+        return [get_needle(name) for name in self.needles]
 
 
 class JudgeSettings(EvalSection):

