@@ -146,6 +146,15 @@ def test_online_lift_is_off_by_default_and_its_config_must_fit_the_served_model(
     with pytest.raises(ConfigError, match="storage.root"):
         online.lift_config_for(with_overrides(f"storage.root={tmp_path / 'elsewhere'}"))
     assert online.lift_config_for(with_overrides(f"storage.root={tmp_path / 's'}")).storage.namespace == "ns"
+    # A rank the endpoint's vLLM engine would refuse for every adapter stops the endpoint at start.
+    vllm = serve.model_copy(update={"engine": "vllm", "max_lora_rank": 8})
+    vllm_online = vllm.model_copy(update={"online_lift": OnlineLiftSettings(enabled=True, overrides=["lora.rank=16"])})
+    with pytest.raises(ConfigError, match="lora.rank=16 .* max_lora_rank=8"):
+        online.lift_config_for(vllm_online)
+    fits = vllm.model_copy(update={"online_lift": OnlineLiftSettings(enabled=True, overrides=["lora.rank=8"])})
+    assert online.lift_config_for(fits).lora.rank == 8
+    hf_any_rank = serve.model_copy(update={"online_lift": OnlineLiftSettings(enabled=True, overrides=["lora.rank=64"])})
+    assert online.lift_config_for(hf_any_rank).lora.rank == 64  # the hf engine has no rank limit
     # Queued records do not beat during the window, and read as stale after 180 s: windows stay short.
     with pytest.raises(ValidationError, match="batch_window_s"):
         OnlineLiftSettings(batch_window_s=600)
