@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lift_ray.config import LiftConfig, ServeConfig, TenantSettings, load_config
 from lift_ray.documents import Document, InvalidDocumentId, validate_doc_id
+from lift_ray.layout import read_manifest
 from lift_ray.models import EMBEDDED_NAME
 from lift_ray.serving import (
     AdapterService,
@@ -43,7 +44,7 @@ from lift_ray.serving import (
     online,
     split_key,
 )
-from lift_ray.storage import Store, read_manifest
+from lift_ray.storage import Store
 
 BASE_MODEL = "base"
 log = logging.getLogger(__name__)

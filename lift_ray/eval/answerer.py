@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from lift_ray.config import ServeConfig
+from lift_ray.layout import fetch_adapter, read_manifest
 from lift_ray.models import load_causal_lm, load_tokenizer, resolve_base_model
-from lift_ray.storage import Store, fetch_adapter, read_manifest
+from lift_ray.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from lift_ray.cli import REPORT_NAME, SUMMARY_NAME, report_key, run_lift
+from lift_ray.cli import run_lift
 from lift_ray.config import LiftConfig
 from lift_ray.documents import split_sentences
-from lift_ray.storage import Store, read_json_lines, read_manifest
+from lift_ray.layout import REPORT_NAME, SUMMARY_NAME, read_manifest, report_key
+from lift_ray.storage import Store, read_json_lines
 from lift_ray.synth.engines import Conversation, HFChatEngine, SamplingSettings
 
 pytestmark = pytest.mark.integration
