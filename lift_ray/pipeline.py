@@ -56,7 +56,7 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     run_started = time.time()
     results, error = train_documents_on_ray(config, jobs, stream)  # rank 0 publishes each adapter
     for job in jobs:
-        result = DocumentResult.from_record(results[job.doc_id]) if job.doc_id in results else None
+        result = DocumentResult.from_record(job.doc_id, results[job.doc_id]) if job.doc_id in results else None
         plan.reports[job.doc_id] = report_trained(plan.reports[job.doc_id], result, run_started, error, accepted_at)
         log_outcome(plan.reports[job.doc_id])
     return [plan.reports[d.doc_id] for d in documents]

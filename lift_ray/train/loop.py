@@ -322,11 +322,11 @@ class DocumentResult:
         return asdict(self)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> DocumentResult:
-        """The result from a `ResultCollector` record (`to_dict()` plus what the run added; extra keys ignored)."""
+    def from_record(cls, doc_id: str, record: dict[str, Any]) -> DocumentResult:
+        """`doc_id`'s result from its `ResultCollector` record (`to_dict()` and extras, which are ignored)."""
         names = {f.name for f in fields(cls)}
         values = {key: value for key, value in record.items() if key in names}
-        values["history"] = TrainingHistory(**record.get("history", {}))
+        values.update(doc_id=doc_id, history=TrainingHistory(**record.get("history", {})))
         return cls(**values)
 
 

@@ -91,8 +91,8 @@ def test_a_published_adapter_that_failed_the_gate_is_reported_low_quality_with_i
         }
 
     pending = DocumentReport("doc", status="pending")
-    flagged = report_trained(pending, DocumentResult.from_record(result(False)), run_started=0.0, error=None)
-    fine = report_trained(pending, DocumentResult.from_record(result(True)), run_started=0.0, error=None)
+    flagged = report_trained(pending, DocumentResult.from_record("doc", result(False)), run_started=0.0, error=None)
+    fine = report_trained(pending, DocumentResult.from_record("doc", result(True)), run_started=0.0, error=None)
     assert flagged.status == "low_quality" and "20% of 5 held-out questions" in flagged.error
     assert flagged.quality["holdout_score"] == 0.2 and flagged.timings["gate_s"] == 0.5
     assert fine.status == "published" and fine.error is None
