@@ -63,8 +63,9 @@ from lift_ray.bench import (
 from lift_ray.chat_stub import ChatStub, replay_recorded_pairs, serving
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
+from lift_ray.layout import qa_cache_path
 from lift_ray.models import load_tokenizer, resolve_base_model
-from lift_ray.pipeline import lift_documents, qa_cache_path
+from lift_ray.pipeline import lift_documents
 from lift_ray.storage import Store, read_json_lines
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 

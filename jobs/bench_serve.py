@@ -38,10 +38,11 @@ import numpy as np
 from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
 from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.config import ALL_LINEAR, ServeConfig, load_config
+from lift_ray.layout import publish_adapter
 from lift_ray.local_s3 import AWS_VARIABLES_TO_CLEAR, free_port, s3_environment
 from lift_ray.local_s3 import start_s3_server as start_local_s3
 from lift_ray.models import ensure_embedded_model
-from lift_ray.storage import Store, publish_adapter
+from lift_ray.storage import Store
 
 NAMESPACE = "bench"
 QUESTIONS = ["Name three colours.", "What is the capital of France?", "Who wrote the report?", "When did it open?"]

@@ -16,14 +16,20 @@ from typing import Any
 from lift_ray.config import LiftConfig, ServeConfig, load_config
 from lift_ray.corpus import Corpus, CorpusError, fail_long_documents, read_corpus
 from lift_ray.documents import Document, validate_doc_id
+from lift_ray.layout import (
+    REPORT_NAME,
+    SUMMARY_NAME,
+    adapter_is_current,
+    published_at,
+    read_manifest,
+    report_key,
+    report_prefix,
+)
 from lift_ray.ray_connect import RayClusterUnreachable
 from lift_ray.report import DocumentReport
 from lift_ray.storage import Store, StoreError, write_json_lines
 
 log = logging.getLogger("lift_ray")
-REPORTS_FOLDER = "_reports"
-REPORT_NAME = "report.jsonl"
-SUMMARY_NAME = "summary.json"
 REPORT_STATUSES = ("published", "low_quality", "skipped", "failed")
 SAMPLE_DOCUMENT = Path(__file__).resolve().parent.parent / "samples" / "orvella.txt"
 DEMO_QUESTIONS = [
@@ -73,11 +79,6 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
-def report_key(run_id: str, name: str) -> str:
-    """Store key of a file in a run's report folder: `_reports/<run_id>/<name>`."""
-    return f"{REPORTS_FOLDER}/{validate_doc_id(run_id, 'run id')}/{name}"
-
-
 def report_rows(corpus: Corpus, reports: Sequence[DocumentReport]) -> list[dict[str, Any]]:
     """One JSON-ready row per document: read failures first, then what the pipeline did, each with its source."""
     rows = []
@@ -97,21 +98,14 @@ def report_after_crash(
     Documents finish one by one, so some were published before the breakdown (or in an earlier run); their
     manifests say so, and a rerun skips them.
     """
-    from lift_ray.storage import read_manifest
-
     try:
         manifest = read_manifest(store, config.storage.namespace, document.doc_id)
     except StoreError:
         manifest = None
-    if (
-        not manifest
-        or manifest.get("config_hash") != config.adapter_hash()
-        or manifest.get("doc_sha256") != document.sha256
-        or not manifest.get("published_at")
-    ):
+    published = published_at(manifest) if manifest else None
+    if not (manifest and published and adapter_is_current(manifest, document.sha256, config.adapter_hash())):
         return DocumentReport(document.doc_id, status="failed", error=error)
-    published_at = datetime.fromisoformat(manifest["published_at"])
-    status = "published" if published_at >= started_at else "skipped"
+    status = "published" if published >= started_at else "skipped"
     return DocumentReport(
         document.doc_id,
         status=status,
@@ -178,7 +172,7 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
         return 2
     try:
         store = Store.from_uri(config.storage.root)
-        store.list_keys(f"{REPORTS_FOLDER}/{run_id}")  # fails early on a missing bucket or bad credentials
+        store.list_keys(report_prefix(run_id))  # fails early on a missing bucket or bad credentials
     except (ValueError, StoreError) as exc:
         _error(f"cannot use output {config.storage.root!r}: {exc}")
         return 2
@@ -297,8 +291,6 @@ def _save_loss_curve(config: LiftConfig, doc_id: str, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lift_ray.storage import Store, read_manifest
 
     manifest = read_manifest(Store.from_uri(config.storage.root), config.storage.namespace, doc_id) or {}
     losses = manifest.get("step_losses") or []

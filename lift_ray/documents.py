@@ -163,30 +163,3 @@ def sentence_rows(
         )
         preceding = f"{preceding} {sentence}".strip()[-(context_chars * 2 + 1) :] if context_chars else ""
     return rows
-
-
-def collect_documents(paths: list[str | Path]) -> tuple[list[Document], dict[str, str]]:
-    """Read local files and folders of .txt/.md documents; bad or duplicate ones go to the failures map.
-
-    The `lift` command reads through `lift_ray.corpus.read_corpus` (local, s3:// and manifests) instead.
-    """
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DOCUMENT_SUFFIXES))
-        else:
-            files.append(path)
-    documents: list[Document] = []
-    failures: dict[str, str] = {}
-    for file in files:
-        name = file.name
-        try:
-            document = read_document_file(file)
-        except (InvalidDocumentId, DocumentError, OSError) as exc:
-            failures[name] = str(exc)
-            continue
-        if any(d.doc_id == document.doc_id for d in documents):
-            failures[f"{document.doc_id} ({file})"] = f"duplicate document id {document.doc_id!r}"
-            continue
-        documents.append(document)
-    return documents, failures

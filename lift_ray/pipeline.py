@@ -1,8 +1,9 @@
-"""The LIFT pipeline, top to bottom: read → sentences → QA → train → publish.
+"""The LIFT pipeline, top to bottom: plan → generate → train (and publish) → report.
 
-Each stage is a plain function elsewhere in the package; this module is the Ray wiring:
-Ray Data splits documents into sentence rows and runs generator actors over them, Ray Train
-fine-tunes one LoRA adapter per document, and the store publishes it with its manifest last.
+`lift_documents` is the whole story in named steps; each step is a function below it, and each stage's
+work is a plain function elsewhere in the package. Ray Data splits documents into sentence rows and runs
+generator actors over them, Ray Train fine-tunes one LoRA adapter per document, and rank 0 publishes each
+adapter with its manifest last (`lift_ray.layout` owns every store key and the "is this adapter current" rule).
 
 With `train.pipeline=streaming` (default) the generator's Ray Dataset is the trainer's input: epoch 1 of
 a document trains on its QA pairs as they are generated, and one TorchTrainer run serves every document
@@ -11,43 +12,213 @@ a document trains on its QA pairs as they are generated, and one TorchTrainer ru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document, DocumentError, sentence_rows
+from lift_ray.layout import adapter_is_current, qa_cache_path, read_manifest, read_qa_cache, write_qa_cache
 from lift_ray.report import DocumentReport
-from lift_ray.storage import (
-    Store,
-    document_prefix,
-    read_json_lines,
-    read_manifest,
-    write_json_lines,
+from lift_ray.storage import Store
+from lift_ray.train.dataset import (
+    distinct_sentences,
+    generation_counters,
+    lacks_qa_pairs,
+    no_pairs_error,
+    qa_pairs_from_rows,
 )
-from lift_ray.train.dataset import distinct_sentences, generation_counters, qa_pairs_from_rows
-from lift_ray.train.loop import DocumentJob
+from lift_ray.train.loop import DocumentJob, DocumentResult
 
 log = logging.getLogger(__name__)
 
 SPLIT_TASK_CPUS = 0.25
+TIMING_NAMES = ("train_s", "gate_s", "publish_s", "compute_s", "wait_s", "overhead_s")
 
 
-def qa_cache_key(document: Document, config: LiftConfig) -> str:
-    """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
-    parts = {
-        "doc_sha256": document.sha256,
-        **config.generator_fingerprint(),
-        "sentences": config.sentences.model_dump(mode="json"),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+def lift_documents(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
+    """LIFT every document: skip those already published with this config, fail bad ones alone.
+
+    One TorchTrainer run trains every remaining document; with `train.pipeline=streaming` it also consumes
+    the QA of documents without a cache as the generator writes it.
+    """
+    from lift_ray.train.trainer import train_documents_on_ray
+
+    accepted_at = time.time()
+    ensure_ray()
+    store = Store.from_uri(config.storage.root)
+    plan = plan_lift(documents, config, store)
+    if plan.to_generate and not streams(config):
+        generate_first(plan, config, store)
+    jobs = training_jobs(plan, config)
+    stream = build_qa_stream(plan.to_generate, config) if plan.to_generate else None
+    run_started = time.time()
+    results, error = train_documents_on_ray(config, jobs, stream)  # rank 0 publishes each adapter
+    for job in jobs:
+        result = DocumentResult.from_record(job.doc_id, results[job.doc_id]) if job.doc_id in results else None
+        plan.reports[job.doc_id] = report_trained(plan.reports[job.doc_id], result, run_started, error, accepted_at)
+        log_outcome(plan.reports[job.doc_id])
+    return [plan.reports[d.doc_id] for d in documents]
 
 
-def qa_cache_path(namespace: str, document: Document, config: LiftConfig) -> str:
-    """Store key of a document's QA cache (JSONL, one row per sentence)."""
-    return f"{document_prefix(namespace, document.doc_id)}/qa/{qa_cache_key(document, config)}.jsonl"
+@dataclass
+class LiftPlan:
+    """What one LIFT call does with each document, decided before anything runs."""
+
+    qa_namespace: str
+    reports: dict[str, DocumentReport] = field(default_factory=dict)  # every document, in order
+    known_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # QA rows in hand, by doc id
+    to_generate: list[Document] = field(default_factory=list)  # QA still to generate
+    to_train: list[Document] = field(default_factory=list)  # neither skipped nor failed, in order
+
+
+def plan_lift(documents: list[Document], config: LiftConfig, store: Store) -> LiftPlan:
+    """Skip documents whose adapter is current, fail empty ones, and find each other document's QA cache."""
+    plan = LiftPlan(config.storage.qa_namespace or config.storage.namespace)
+    config_hash = config.adapter_hash()
+    for document in documents:
+        plan.reports[document.doc_id] = DocumentReport(document.doc_id, status="pending")
+        manifest = read_manifest(store, config.storage.namespace, document.doc_id)
+        if manifest is not None and adapter_is_current(manifest, document.sha256, config_hash):
+            plan.reports[document.doc_id] = DocumentReport(
+                document.doc_id, status="skipped", adapter_uri=manifest.get("adapter_uri")
+            )
+            log.info("%s: already published with config %s, skipping", document.doc_id, config_hash)
+            continue
+        try:
+            document.check_not_empty()
+        except DocumentError as exc:
+            plan.reports[document.doc_id] = DocumentReport(document.doc_id, status="failed", error=str(exc))
+            log.warning("%s: %s", document.doc_id, exc)
+            continue
+        plan.to_train.append(document)
+        rows = cached_rows(document, config, store, plan.qa_namespace)
+        if rows is None:
+            plan.to_generate.append(document)
+        else:
+            plan.known_rows[document.doc_id] = rows
+            plan.reports[document.doc_id].timings["generate_s"] = 0.0
+    return plan
+
+
+def cached_rows(document: Document, config: LiftConfig, store: Store, qa_namespace: str) -> list[dict] | None:
+    """A document's QA rows without generating: none needed (`finetune_raw`), or a complete QA cache; else None."""
+    if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
+        return []
+    key = qa_cache_path(qa_namespace, document, config)
+    cached = read_qa_cache(store, key)
+    if cached is None:
+        return None
+    missing = missing_sentences(cached, document, config)
+    if missing:  # written by a run that was stopped in the middle of the document
+        log.warning("%s: QA cache lacks %d sentences; generating again", document.doc_id, missing)
+        return None
+    log.info("%s: QA pairs read from cache %s", document.doc_id, store.child_uri(key))
+    return cached
+
+
+def streams(config: LiftConfig) -> bool:
+    """Whether training consumes the QA still to generate as it is generated (else: generate it first)."""
+    return config.train.pipeline == "streaming" and streaming_fits(config)
+
+
+def generate_first(plan: LiftPlan, config: LiftConfig, store: Store) -> None:
+    """Generate the QA of every document that needs it, before training; cache each document's rows."""
+    started = time.perf_counter()
+    generated = generate_qa(plan.to_generate, config)
+    elapsed = round(time.perf_counter() - started, 2)
+    for document in plan.to_generate:
+        plan.known_rows[document.doc_id] = generated[document.doc_id]
+        write_qa_cache(store, qa_cache_path(plan.qa_namespace, document, config), generated[document.doc_id])
+        plan.reports[document.doc_id].timings["generate_s"] = elapsed
+    log.info("generated QA for %d documents in %.1f s", len(plan.to_generate), elapsed)
+    plan.to_generate = []
+
+
+def training_jobs(plan: LiftPlan, config: LiftConfig) -> list[DocumentJob]:
+    """One job per document to train: those with QA rows in hand first (unless they have no valid pairs),
+    then those whose rows the generator streams to the trainer (rank 0 caches them)."""
+    jobs: list[DocumentJob] = []
+    for document in plan.to_train:
+        if document.doc_id not in plan.known_rows:
+            continue
+        rows = plan.known_rows[document.doc_id]
+        counters = generation_counters(rows)
+        qa_count = len(qa_pairs_from_rows(rows))
+        report = replace(plan.reports[document.doc_id], **counters, qa_count=qa_count)
+        if lacks_qa_pairs(qa_count, config.train.variant):
+            report = replace(report, status="failed", error=no_pairs_error(counters))
+            log.warning("%s: %s", document.doc_id, report.error)
+        else:
+            jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
+        plan.reports[document.doc_id] = report
+    for document in plan.to_generate:
+        cache_key = qa_cache_path(plan.qa_namespace, document, config)
+        expected = sentence_count(document, config)
+        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, None, expected, cache_key))
+    return jobs
+
+
+def report_trained(
+    report: DocumentReport,
+    result: DocumentResult | None,
+    run_started: float,
+    error: str | None,
+    accepted_at: float | None = None,
+) -> DocumentReport:
+    """A document's report completed from what rank 0 recorded for it (None: the training run never finished it).
+
+    `run_started` is when the training run began, `accepted_at` when the LIFT call took the document in
+    (default: `run_started`); `ttft_s` counts from `accepted_at`, so it includes generation that ran first.
+    """
+    if result is None:
+        return replace(report, status="failed", error=f"training run failed: {error or 'no result recorded'}")
+    timings = dict(report.timings)
+    if "generate_s" not in timings and "qa_ready_at" in result.timings:  # streamed: QA complete at qa_ready_at
+        timings["generate_s"] = round(result.timings["qa_ready_at"] - run_started, 2)
+    timings.update({name: round(result.timings[name], 2) for name in TIMING_NAMES if name in result.timings})
+    timings["model_load_s"] = round(result.load_s, 2)
+    timings["ttft_s"] = round(result.recorded_at - (accepted_at or run_started), 2)
+    losses = result.history.epoch_losses
+    status, message, quality = result.status, result.error, result.quality or None
+    if status == "published" and quality and quality.get("passed") is False:
+        status = "low_quality"  # published and served, but flagged: its manifest and /v1/models say so
+        message = (
+            f"answered {quality['holdout_score']:.0%} of {quality['holdout_pairs']} held-out "
+            f"questions, below train.min_quality ({quality['min_quality']:.0%}), after "
+            f"{quality['extra_epochs']} extra epochs"
+        )
+    return replace(
+        report,
+        **result.counters,
+        qa_count=result.qa_count,
+        timings=timings,
+        final_loss=losses[-1] if losses else None,
+        status=status,
+        error=message,
+        adapter_uri=result.adapter.get("adapter_uri"),
+        adapter_bytes=result.adapter.get("adapter_bytes"),
+        quality=quality,
+    )
+
+
+def log_outcome(report: DocumentReport) -> None:
+    """One log line for a trained document: where it was published, or why not."""
+    if report.status == "published":
+        log.info(
+            "%s: published %s (%d QA pairs, loss %.3f, %s)",
+            report.doc_id,
+            report.adapter_uri,
+            report.qa_count,
+            report.final_loss or float("nan"),
+            report.timings,
+        )
+    else:
+        log.warning("%s: %s", report.doc_id, report.error)
+
+
+# ---------------------------------------------------------------- Ray wiring
 
 
 def ensure_ray() -> None:
@@ -57,21 +228,24 @@ def ensure_ray() -> None:
     connect_ray(log_to_driver=True)
 
 
+def _same_batch(batch: Any) -> Any:
+    return batch
+
+
 def blocks_of(dataset: Any, rows: int, num_cpus: float) -> Any:
-    """`dataset` cut into blocks of `rows` rows as it streams (`repartition(target_num_rows_per_block=...)`).
+    """`dataset` cut into blocks of at most `rows` rows as it streams, in tasks that take `num_cpus` CPUs.
 
     Why: a map task hands its output on only when its whole input block is done, and the split emits one
     block per document, so without this a document's QA reached the trainer only once all of it was
-    generated. The cutting tasks ask for `num_cpus`: `Dataset.repartition` takes no resources, and its
+    generated. `Dataset.repartition(target_num_rows_per_block=...)` cuts, but takes no resources, and its
     default of one CPU per task waits forever behind generator actors and trainer workers on a small node
-    (it hung a 2-CPU cluster), hence the one private field set here (Ray 2.60's `StreamingRepartition`).
+    (it hung a 2-CPU cluster). So the cut follows a `map_batches` that asks for `num_cpus`: Ray Data fuses
+    a non-strict streaming repartition into the `map_batches` before it, whose tasks then do the cutting
+    (and that map into the map before it when their resources match). Public API only;
+    tests/integration/test_row_feed.py fails with a clear message if a Ray upgrade stops the fusion.
     """
-    cut = dataset.repartition(target_num_rows_per_block=rows, strict=True)
-    operator = cut._logical_plan.dag
-    if type(operator).__name__ != "StreamingRepartition" or not hasattr(operator, "ray_remote_args"):
-        raise RuntimeError(f"this Ray's repartition plans {type(operator).__name__}: blocks_of needs updating")
-    object.__setattr__(operator, "ray_remote_args", {**operator.ray_remote_args, "num_cpus": num_cpus})
-    return cut
+    same = dataset.map_batches(_same_batch, batch_size=None, num_cpus=num_cpus, zero_copy_batch=True)
+    return same.repartition(target_num_rows_per_block=rows)
 
 
 def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
@@ -124,68 +298,6 @@ def missing_sentences(rows: list[dict[str, Any]], document: Document, config: Li
     return max(0, sentence_count(document, config) - distinct_sentences(rows))
 
 
-def _count_generation(report: DocumentReport, rows: list[dict[str, Any]]) -> None:
-    for name, value in generation_counters(rows).items():
-        setattr(report, name, value)
-
-
-def _apply_result(
-    report: DocumentReport,
-    result: dict[str, Any] | None,
-    run_started: float,
-    error: str | None,
-    accepted_at: float | None = None,
-) -> None:
-    """Fill a document's report from what rank 0 recorded for it (None: the training run never finished it).
-
-    `run_started` is when the training run began, `accepted_at` when the LIFT call took the document in
-    (default: `run_started`); `ttft_s` counts from `accepted_at`, so it includes generation that ran first.
-    """
-    if result is None:
-        report.status, report.error = "failed", f"training run failed: {error or 'no result recorded'}"
-        return
-    for name, value in result["counters"].items():
-        setattr(report, name, value)
-    report.qa_count = result["qa_count"]
-    timings = result["timings"]
-    if "generate_s" not in report.timings:  # streamed: the document's QA was complete at qa_ready_at
-        report.timings["generate_s"] = round(timings["qa_ready_at"] - run_started, 2)
-    for name in ("train_s", "gate_s", "publish_s", "compute_s", "wait_s", "overhead_s"):
-        if name in timings:
-            report.timings[name] = round(timings[name], 2)
-    report.timings["model_load_s"] = round(result.get("load_s", 0.0), 2)
-    report.timings["ttft_s"] = round(result["recorded_at"] - (accepted_at or run_started), 2)
-    losses = result["history"]["epoch_losses"]
-    report.final_loss = losses[-1] if losses else None
-    report.status, report.error = result["status"], result["error"]
-    report.adapter_uri = result["adapter"].get("adapter_uri")
-    report.adapter_bytes = result["adapter"].get("adapter_bytes")
-    report.quality = result.get("quality") or None
-    if report.status == "published" and report.quality and report.quality.get("passed") is False:
-        report.status = "low_quality"  # published and served, but flagged: its manifest and /v1/models say so
-        report.error = (
-            f"answered {report.quality['holdout_score']:.0%} of {report.quality['holdout_pairs']} held-out "
-            f"questions, below train.min_quality ({report.quality['min_quality']:.0%}), after "
-            f"{report.quality['extra_epochs']} extra epochs"
-        )
-
-
-def train_and_publish(
-    document: Document, pairs: list[dict[str, str]], config: LiftConfig, store: Store, report: DocumentReport
-) -> None:
-    """Ray Train on one document's given QA pairs, then publish the adapter with its manifest written last."""
-    from lift_ray.train.trainer import train_documents_on_ray
-
-    del store  # rank 0 publishes to config.storage.root itself
-    rows = [{"sentence_index": i, "qa_json": json.dumps([pair])} for i, pair in enumerate(pairs)]  # none held out
-    job = DocumentJob(document.doc_id, document.sha256, document.text, rows=rows)
-    started = time.time()
-    results, error = train_documents_on_ray(config, [job])
-    _apply_result(report, results.get(document.doc_id), started, error)
-    if report.status != "published":
-        raise RuntimeError(report.error or "training failed")
-
-
 def stage_resources(config: LiftConfig) -> dict[str, float]:
     """CPUs and GPUs that generation and training hold at once when training streams from the generator."""
     generator, train = config.generator, config.train
@@ -216,103 +328,3 @@ def streaming_fits(config: LiftConfig) -> bool:
             {k: round(available.get(k, 0.0), 2) for k in needed if needed[k]},
         )
     return not missing
-
-
-def lift_documents(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
-    """LIFT every document: skip those already published with this config, fail bad ones alone.
-
-    One TorchTrainer run trains every remaining document; with `train.pipeline=streaming` it also consumes
-    the QA of documents without a cache as the generator writes it.
-    """
-    from lift_ray.train.trainer import train_documents_on_ray
-
-    accepted_at = time.time()
-    ensure_ray()
-    store = Store.from_uri(config.storage.root)
-    namespace, config_hash = config.storage.namespace, config.adapter_hash()
-    qa_namespace = config.storage.qa_namespace or namespace
-    reports: dict[str, DocumentReport] = {}
-    todo: list[Document] = []
-    for document in documents:
-        report = reports[document.doc_id] = DocumentReport(document.doc_id, status="pending")
-        manifest = read_manifest(store, namespace, document.doc_id)
-        if manifest and manifest.get("config_hash") == config_hash and manifest.get("doc_sha256") == document.sha256:
-            report.status, report.adapter_uri = "skipped", manifest.get("adapter_uri")
-            log.info("%s: already published with config %s, skipping", document.doc_id, config_hash)
-            continue
-        try:
-            document.check_not_empty()
-        except DocumentError as exc:
-            report.status, report.error = "failed", str(exc)
-            log.warning("%s: %s", document.doc_id, exc)
-            continue
-        todo.append(document)
-
-    # Stage 1+2: sentences and synthetic QA, reusing any cached QA for the same document and generator.
-    known_rows: dict[str, list[dict[str, Any]]] = {}
-    to_generate: list[Document] = []
-    for document in todo:
-        cache_key = qa_cache_path(qa_namespace, document, config)
-        if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
-            known_rows[document.doc_id] = []
-            reports[document.doc_id].timings["generate_s"] = 0.0
-            continue
-        cached = read_json_lines(store, cache_key) if store.exists(cache_key) else None
-        missing = missing_sentences(cached, document, config) if cached is not None else 0
-        if cached is not None and not missing:
-            known_rows[document.doc_id] = cached
-            reports[document.doc_id].timings["generate_s"] = 0.0
-            log.info("%s: QA pairs read from cache %s", document.doc_id, store.child_uri(cache_key))
-        else:
-            if missing:  # written by a run that was stopped in the middle of the document
-                log.warning("%s: QA cache lacks %d sentences; generating again", document.doc_id, missing)
-            to_generate.append(document)
-    streaming = config.train.pipeline == "streaming" and (not to_generate or streaming_fits(config))
-    if to_generate and not streaming:
-        started = time.perf_counter()
-        generated = generate_qa(to_generate, config)
-        elapsed = round(time.perf_counter() - started, 2)
-        for document in to_generate:
-            known_rows[document.doc_id] = generated[document.doc_id]
-            write_json_lines(store, qa_cache_path(qa_namespace, document, config), generated[document.doc_id])
-            reports[document.doc_id].timings["generate_s"] = elapsed
-        log.info("generated QA for %d documents in %.1f s", len(to_generate), elapsed)
-        to_generate = []
-
-    # Stage 3+4: one adapter per document, published atomically; documents with known QA first.
-    jobs: list[DocumentJob] = []
-    for document in todo:
-        if document.doc_id not in known_rows:
-            continue
-        rows = known_rows[document.doc_id]
-        report = reports[document.doc_id]
-        _count_generation(report, rows)
-        report.qa_count = len(qa_pairs_from_rows(rows))
-        if config.train.variant != "finetune_raw" and not report.qa_count:
-            report.status = "failed"
-            report.error = f"no valid QA pairs from {report.sentences} sentences ({report.malformed_outputs} malformed)"
-            log.warning("%s: %s", document.doc_id, report.error)
-            continue
-        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, rows=rows))
-    for document in to_generate:
-        cache_key = qa_cache_path(qa_namespace, document, config)
-        expected = sentence_count(document, config)
-        jobs.append(DocumentJob(document.doc_id, document.sha256, document.text, None, expected, cache_key))
-    stream = build_qa_stream(to_generate, config) if to_generate else None
-    run_started = time.time()
-    results, error = train_documents_on_ray(config, jobs, stream)
-    for job in jobs:
-        report = reports[job.doc_id]
-        _apply_result(report, results.get(job.doc_id), run_started, error, accepted_at)
-        if report.status == "published":
-            log.info(
-                "%s: published %s (%d QA pairs, loss %.3f, %s)",
-                job.doc_id,
-                report.adapter_uri,
-                report.qa_count,
-                report.final_loss or float("nan"),
-                report.timings,
-            )
-        else:
-            log.warning("%s: %s", job.doc_id, report.error)
-    return [reports[d.doc_id] for d in documents]

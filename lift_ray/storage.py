@@ -1,8 +1,7 @@
-"""One store over local folders and s3:// (boto3), plus the adapter layout with an atomic manifest-last publish."""
+"""One key -> bytes store over local folders and s3:// (boto3); what the keys mean is `lift_ray.layout`'s."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,22 +9,13 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from lift_ray.documents import validate_doc_id
-
-MANIFEST_SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-DOCUMENT_TEXT_NAME = "document.txt"
-ADAPTER_FOLDER = "adapter"
-COMPLETE_MARKER = ".lift-ray-complete"
 _TMP_PREFIX = ".lift-ray-tmp-"
 _S3_DELETE_BATCH = 1000
 _S3_LIST_PAGE_SIZE = 1000
-_FETCH_ATTEMPTS = 3
 
 
 class StoreError(RuntimeError):
@@ -449,136 +439,6 @@ class S3Store(Store):
             endpoint = getattr(self.client.meta, "endpoint_url", "?")
             return StoreError(f"cannot {action} {uri}: cannot reach the S3 endpoint {endpoint} ({exc})")
         return StoreError(f"cannot {action} {uri}: {exc}")
-
-
-def document_prefix(namespace: str, doc_id: str) -> str:
-    """The folder of one document's adapter and manifest: '<namespace>/<doc_id>'."""
-    return f"{validate_doc_id(namespace, 'namespace')}/{validate_doc_id(doc_id)}"
-
-
-def _manifest_key(namespace: str, doc_id: str) -> str:
-    return f"{document_prefix(namespace, doc_id)}/{MANIFEST_NAME}"
-
-
-def _adapter_prefix(namespace: str, doc_id: str) -> str:
-    return f"{document_prefix(namespace, doc_id)}/{ADAPTER_FOLDER}"
-
-
-def publish_adapter(
-    store: Store, namespace: str, doc_id: str, adapter_dir: Path, manifest: dict, document_text: str | None = None
-) -> dict:
-    """Upload an adapter folder (and the document's text, which the endpoint's `with_context` reads) and
-    then, last, its manifest; returns the manifest as written."""
-    adapter_prefix = _adapter_prefix(namespace, doc_id)
-    adapter_dir = Path(adapter_dir)
-    files = sorted(p for p in adapter_dir.rglob("*") if p.is_file()) if adapter_dir.is_dir() else []
-    if not files:
-        raise ValueError(f"adapter folder {adapter_dir} has no files to publish")
-    # Manifest first, so that a republish that dies halfway leaves nothing a reader would trust.
-    store.delete(_manifest_key(namespace, doc_id))
-    store.delete_prefix(adapter_prefix)
-    keys = store.upload_dir(adapter_dir, adapter_prefix)
-    text_fields = {}
-    if document_text is not None:
-        store.write_text(f"{document_prefix(namespace, doc_id)}/{DOCUMENT_TEXT_NAME}", document_text)
-        text_fields = {"document_text": DOCUMENT_TEXT_NAME}
-    written = {
-        **manifest,
-        **text_fields,
-        "schema_version": MANIFEST_SCHEMA_VERSION,
-        "namespace": namespace,
-        "doc_id": doc_id,
-        "adapter_uri": store.child_uri(adapter_prefix),
-        "adapter_bytes": sum(p.stat().st_size for p in files),
-        "adapter_files": [key[len(adapter_prefix) + 1 :] for key in keys],
-        "published_at": datetime.now(UTC).isoformat(timespec="microseconds"),
-    }
-    store.write_json(_manifest_key(namespace, doc_id), written)
-    return written
-
-
-def read_manifest(store: Store, namespace: str, doc_id: str) -> dict | None:
-    """The published manifest of a document, or None when it has none."""
-    try:
-        manifest = store.read_json(_manifest_key(namespace, doc_id))
-    except ObjectNotFound:
-        return None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{store.child_uri(_manifest_key(namespace, doc_id))} is not a JSON object")
-    return manifest
-
-
-def read_document_text(store: Store, namespace: str, doc_id: str) -> str | None:
-    """The text published with a document's adapter, or None when it was published without it."""
-    try:
-        return store.read_text(f"{document_prefix(namespace, doc_id)}/{DOCUMENT_TEXT_NAME}")
-    except ObjectNotFound:
-        return None
-
-
-def list_manifests(store: Store, namespace: str) -> list[dict]:
-    """The manifests of every published document in a namespace, sorted by document id."""
-    validate_doc_id(namespace, "namespace")
-    doc_ids = sorted(
-        parts[1]
-        for parts in (key.split("/") for key in store.list_keys(namespace))
-        if len(parts) == 3 and parts[2] == MANIFEST_NAME
-    )
-    manifests = []
-    for doc_id in doc_ids:
-        # A document unpublished between listing and reading is simply skipped.
-        manifest = read_manifest(store, namespace, doc_id)
-        if manifest is not None:
-            manifests.append(manifest)
-    return manifests
-
-
-def _manifest_version(manifest: dict) -> str:
-    """A short name for one published version of an adapter (changes whenever the manifest does)."""
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def fetch_adapter(store: Store, namespace: str, doc_id: str, cache_dir: Path) -> Path:
-    """The published adapter as a local folder under `cache_dir`, downloaded only if not cached already."""
-    manifest = read_manifest(store, namespace, doc_id)
-    for _attempt in range(_FETCH_ATTEMPTS):
-        if manifest is None:
-            raise ObjectNotFound(f"no adapter published at {store.child_uri(document_prefix(namespace, doc_id))}")
-        target = Path(cache_dir) / namespace / doc_id / _manifest_version(manifest)
-        if (target / COMPLETE_MARKER).exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-        try:
-            store.download_dir(_adapter_prefix(namespace, doc_id), staging)
-            # A republish during the download could have mixed two versions: only keep what matches the manifest.
-            current = read_manifest(store, namespace, doc_id)
-            if current != manifest:
-                manifest = current
-                continue
-            missing = [name for name in manifest.get("adapter_files", []) if not (staging / name).is_file()]
-            if missing:
-                raise StoreError(
-                    f"adapter at {manifest.get('adapter_uri')} is missing files listed in its manifest: {missing}"
-                )
-            (staging / COMPLETE_MARKER).write_text(manifest.get("published_at", ""))
-            return _move_into_place(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    raise StoreError(
-        f"adapter at {store.child_uri(document_prefix(namespace, doc_id))} kept changing while being downloaded"
-    )
-
-
-def _move_into_place(staging: Path, target: Path) -> Path:
-    """Rename `staging` to `target`; if another process got there first with a complete copy, use theirs."""
-    try:
-        staging.rename(target)
-    except OSError:
-        # Only complete downloads are ever renamed into place, so an existing target is the winner's copy.
-        if not (target / COMPLETE_MARKER).exists():
-            raise StoreError(f"adapter cache folder {target} exists but is incomplete; delete it and retry") from None
-    return target
 
 
 def write_json_lines(store: Store, key: str, rows: list[dict]) -> None:

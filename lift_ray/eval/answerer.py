@@ -18,8 +18,9 @@ import torch
 from lift_ray.config import ServeConfig
 from lift_ray.engines.hf import active_adapter, generate_batch, length_batches
 from lift_ray.engines.runtime import cuda_available
+from lift_ray.layout import fetch_adapter, read_manifest
 from lift_ray.models import load_causal_lm, load_tokenizer, resolve_base_model
-from lift_ray.storage import Store, fetch_adapter, read_manifest
+from lift_ray.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -305,7 +305,8 @@ def gate_agreement(
 ) -> dict[str, Any]:
     """Does the quality gate's score track the real one? Per document: the adapter's `holdout_score` (from its
     manifest) beside its `contains` on the evaluation's questions, and their Pearson correlation over documents."""
-    from lift_ray.storage import Store, read_manifest
+    from lift_ray.layout import read_manifest
+    from lift_ray.storage import Store
 
     store = Store.from_uri(config.storage.root)
     per_document: dict[str, dict[str, Any]] = {}

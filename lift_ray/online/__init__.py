@@ -19,7 +19,6 @@ from lift_ray.online.status import (
     HEARTBEAT_S,
     RECORD_FIELDS,
     STALE_AFTER_S,
-    STATUS_NAME,
     STATUSES,
     admit,
     document_status,
@@ -30,7 +29,6 @@ from lift_ray.online.status import (
     published_by_run,
     read_status,
     seconds_between,
-    status_key,
     with_heartbeat,
     write_status,
 )
@@ -42,7 +40,6 @@ __all__ = [
     "RECORD_FIELDS",
     "STALE_AFTER_S",
     "STATUSES",
-    "STATUS_NAME",
     "Batcher",
     "DocumentRequest",
     "OnlineBatch",
@@ -64,7 +61,6 @@ __all__ = [
     "read_status",
     "run_online_lift",
     "seconds_between",
-    "status_key",
     "with_heartbeat",
     "write_status",
 ]

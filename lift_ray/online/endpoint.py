@@ -14,6 +14,7 @@ from typing import Any
 
 from lift_ray.config import LiftConfig, OnlineLiftSettings
 from lift_ray.documents import Document, InvalidDocumentId, validate_doc_id
+from lift_ray.layout import read_manifest
 from lift_ray.online.batcher import Batcher, OnlineBatch
 from lift_ray.online.requests import DocumentRequest, RequestRejected, load_document
 from lift_ray.online.run_config import for_namespace
@@ -28,7 +29,7 @@ from lift_ray.online.status import (
     write_status,
 )
 from lift_ray.serving.index import ManifestIndex
-from lift_ray.storage import Store, read_manifest
+from lift_ray.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import ray
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
+from lift_ray.layout import read_manifest
 from lift_ray.online.status import (
     HEARTBEAT_S,
     Clock,
@@ -28,7 +29,7 @@ from lift_ray.online.status import (
 )
 from lift_ray.pipeline import lift_documents
 from lift_ray.report import DocumentReport
-from lift_ray.storage import Store, StoreError, read_manifest
+from lift_ray.storage import Store, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lift_ray.documents import Document
+from lift_ray.layout import adapter_is_current, online_status_key, read_manifest
 from lift_ray.online.requests import RequestRejected
 from lift_ray.report import DocumentReport
-from lift_ray.storage import Store, StoreError, document_prefix, read_manifest
+from lift_ray.storage import Store, StoreError
 
-STATUS_NAME = "lift_status.json"
 STATUSES = ("queued", "running", "published", "failed")
 ACTIVE = ("queued", "running")
 HEARTBEAT_S = 15.0
@@ -72,14 +72,9 @@ def seconds_between(start: str, end: str) -> float:
     return last - first
 
 
-def status_key(namespace: str, doc_id: str) -> str:
-    """Store key of a document's status record: '<namespace>/<doc_id>/lift_status.json'."""
-    return f"{document_prefix(namespace, doc_id)}/{STATUS_NAME}"
-
-
 def read_status(store: Store, namespace: str, doc_id: str) -> dict[str, Any] | None:
     """The stored status record of a document, or None when it has none."""
-    key = status_key(namespace, doc_id)
+    key = online_status_key(namespace, doc_id)
     if not store.exists(key):
         return None
     record = store.read_json(key)
@@ -90,7 +85,7 @@ def read_status(store: Store, namespace: str, doc_id: str) -> dict[str, Any] | N
 
 def write_status(store: Store, record: dict[str, Any]) -> None:
     """Store a status record (one PUT: readers see the old or the new one)."""
-    store.write_json(status_key(record["namespace"], record["id"]), record)
+    store.write_json(online_status_key(record["namespace"], record["id"]), record)
 
 
 def new_record(
@@ -243,10 +238,7 @@ def published_by_run(store: Store, record: dict[str, Any], now: Clock = time.tim
     each document's record say `published` when its adapter is servable.
     """
     manifest = read_manifest(store, record["namespace"], record["id"])
-    if not manifest or (manifest.get("doc_sha256"), manifest.get("config_hash")) != (
-        record["doc_sha256"],
-        record["config_hash"],
-    ):
+    if not adapter_is_current(manifest, record["doc_sha256"], record["config_hash"]):
         return None
     published, started = _seconds(manifest.get("published_at")), _seconds(record.get("started_at"))
     if published is None or started is None or published < started:

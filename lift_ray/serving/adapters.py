@@ -18,15 +18,9 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
-from lift_ray.storage import (
-    COMPLETE_MARKER,
-    ObjectNotFound,
-    Store,
-    StoreError,
-    _manifest_version,
-    fetch_adapter,
-    read_manifest,
-)
+from lift_ray.layout import COMPLETE_MARKER, fetch_adapter, read_manifest
+from lift_ray.layout import manifest_version as _manifest_version
+from lift_ray.storage import ObjectNotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")

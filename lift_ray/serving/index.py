@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
-from lift_ray.storage import MANIFEST_NAME, Store, read_manifest
+from lift_ray.layout import MANIFEST_NAME, read_manifest
+from lift_ray.storage import Store
 
 _READERS = 16  # manifests read at once when a listing finds new documents
 

@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from lift_ray.config import ServeConfig
 from lift_ray.eval.harness import CONTEXT_PROMPT, truncated_context
+from lift_ray.layout import read_document_text
 from lift_ray.serving.adapters import AdapterFetcher, AdapterUnusable, UnknownDocument
 from lift_ray.serving.engines import Chunk, GenerationRequest, ServingEngine, make_serving_engine
-from lift_ray.storage import Store, read_document_text
+from lift_ray.storage import Store
 
 log = logging.getLogger(__name__)
 _TEXT_CACHE_SIZE = 16

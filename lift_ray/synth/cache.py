@@ -1,6 +1,6 @@
 """The sentence-level QA cache.
 
-The document-level cache (`lift_ray.pipeline.qa_cache_path`) saves a whole document's QA; the sentence
+The document-level cache (`lift_ray.layout.qa_cache_path`) saves a whole document's QA; the sentence
 cache (`generator.sentence_cache`) saves each sentence's, so documents that share text (versions of one
 report, NIAH haystacks that differ only by the needle, boilerplate) generate each shared sentence once.
 Keys use `LiftConfig.generator_fingerprint()`, as the document cache does.
@@ -16,11 +16,10 @@ from typing import Any
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import validate_doc_id
+from lift_ray.layout import sentence_cache_key
 from lift_ray.storage import ObjectNotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
-
-SENTENCE_CACHE_FOLDER = "_sentence_qa"
 
 # Columns the generator adds to a sentence row; a cached sentence gets them back from the store.
 GENERATED_COLUMNS = ("qa_json", "malformed", "retried", "attempts", "dropped", "ungrounded", "repaired", "unverified")
@@ -33,13 +32,13 @@ def _digest(parts: dict[str, Any]) -> str:
 class SentenceQACache:
     """The QA of single sentences in the store, keyed by sentence, paragraph and generator fingerprint.
 
-    Objects live at `_sentence_qa/<namespace>/<key>.json`, outside the namespace's document folders (so
-    listing a namespace's adapters does not walk them); a namespace never reads another's.
+    Objects live at `_sentence_qa/<namespace>/<key>.json` (`layout.sentence_cache_key`), outside the namespace's
+    document folders (so listing a namespace's adapters does not walk them); a namespace never reads another's.
     """
 
     def __init__(self, store: Store, namespace: str, fingerprint: dict[str, Any]) -> None:
         self.store = store
-        self.prefix = f"{SENTENCE_CACHE_FOLDER}/{validate_doc_id(namespace, 'namespace')}"
+        self.namespace = validate_doc_id(namespace, "namespace")  # fails here, not at the first sentence
         self.fingerprint = fingerprint
         self._fingerprint_digest = _digest(fingerprint)  # serialised once, not per sentence
 
@@ -51,7 +50,7 @@ class SentenceQACache:
     def key(self, row: dict[str, Any]) -> str:
         """Store key of one sentence row's QA."""
         parts = {"generator": self._fingerprint_digest, "context": row["context"], "sentence": row["sentence"]}
-        return f"{self.prefix}/{_digest(parts)[:32]}.json"
+        return sentence_cache_key(self.namespace, _digest(parts)[:32])
 
     def lookup(self, rows: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         """For each row, the row completed from the cache (`cache_hit` true, no tokens spent), or None."""

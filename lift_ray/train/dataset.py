@@ -134,6 +134,16 @@ def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def lacks_qa_pairs(qa_count: int, variant: str) -> bool:
+    """The one rule for "no valid QA pairs": nothing to train on, except for `finetune_raw` (raw text only)."""
+    return variant != "finetune_raw" and qa_count == 0
+
+
+def no_pairs_error(counters: dict[str, int]) -> str:
+    """Why a document without valid QA pairs failed, from its `generation_counters`."""
+    return f"no valid QA pairs from {counters['sentences']} sentences ({counters['malformed_outputs']} malformed)"
+
+
 def closing_tokens(tokenizer: Any, labels: list[int]) -> int:
     """How many labelled tokens at the end are the chat template's close of the answer (special tokens, newlines)."""
     special = set(tokenizer.all_special_ids)

@@ -17,7 +17,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +34,8 @@ from lift_ray.train.dataset import (
     distinct_sentences,
     generation_counters,
     holdout_split,
+    lacks_qa_pairs,
+    no_pairs_error,
     qa_pairs_from_rows,
     raw_segments,
     tokenize_qa,
@@ -312,12 +314,20 @@ class DocumentResult:
     history: TrainingHistory = field(default_factory=TrainingHistory)
     timings: dict[str, float] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
+    load_s: float = 0.0  # the worker's model load, set where the result is recorded
+    recorded_at: float = 0.0  # when the ResultCollector took it (time.time())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for Ray and reports)."""
-        from dataclasses import asdict
-
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, doc_id: str, record: dict[str, Any]) -> DocumentResult:
+        """`doc_id`'s result from its `ResultCollector` record (`to_dict()` and extras, which are ignored)."""
+        names = {f.name for f in fields(cls)}
+        values = {key: value for key, value in record.items() if key in names}
+        values.update(doc_id=doc_id, history=TrainingHistory(**record.get("history", {})))
+        return cls(**values)
 
 
 RowsHook = Callable[[DocumentJob, list[dict[str, Any]]], None]
@@ -644,12 +654,8 @@ class AdapterTrainer:
         if collective.rank == 0 and on_rows is not None and job.rows is None:
             on_rows(job, rows)
         examples += segments
-        if not examples or (self.config.train.variant != "finetune_raw" and result.qa_count == 0):
-            result.status = "failed"
-            result.error = (
-                f"no valid QA pairs from {result.counters['sentences']} sentences "
-                f"({result.counters['malformed_outputs']} malformed)"
-            )
+        if not examples or lacks_qa_pairs(result.qa_count, self.config.train.variant):
+            result.status, result.error = "failed", no_pairs_error(result.counters)
             return result
         for epoch in range(first_epoch, epochs):
             losses = self._shuffled_epoch(examples + self.guard_for_epoch(epoch), epoch, result)

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from lift_ray.config import LiftConfig
+from lift_ray.layout import publish_adapter, write_qa_cache
 from lift_ray.models import resolve_base_model
-from lift_ray.storage import Store, publish_adapter, write_json_lines
+from lift_ray.storage import Store
 from lift_ray.train.collector import ResultCollector
 from lift_ray.train.feed import RowFeed, feed_rows, pump_rows
 from lift_ray.train.loop import (
@@ -78,7 +79,7 @@ class StorePublisher:
     def rows(self, job: DocumentJob, rows: list[dict[str, Any]]) -> None:
         """The QA cache of a document whose rows were streamed to the workers (the driver never saw them)."""
         if job.cache_key:
-            write_json_lines(self.store, job.cache_key, rows)
+            write_qa_cache(self.store, job.cache_key, rows)
 
     def adapter(self, job: DocumentJob, adapter_dir: Path, result: DocumentResult) -> dict[str, Any]:
         """Publish; returns the adapter's uri and size."""
@@ -127,8 +128,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
         )
         if rank == 0:
-            timestamps = {"worker_entered_at": entered_at, "load_s": trainer.load_s}
-            ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), **timestamps}))
+            result.load_s = trainer.load_s
+            ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), "worker_entered_at": entered_at}))
             if feed is not None and result.status == "published":
                 feed.forget.remote(job.doc_id)
     ray.train.report({"documents": len(jobs)})

@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from lift_ray.cli import REPORT_NAME, SUMMARY_NAME, report_key, run_lift
+from lift_ray.cli import run_lift
 from lift_ray.config import LiftConfig
 from lift_ray.documents import split_sentences
 from lift_ray.engines import Conversation, HFChatEngine, SamplingSettings
-from lift_ray.storage import Store, read_json_lines, read_manifest
+from lift_ray.layout import REPORT_NAME, SUMMARY_NAME, read_manifest, report_key
+from lift_ray.storage import Store, read_json_lines
 
 pytestmark = pytest.mark.integration
 

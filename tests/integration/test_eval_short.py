@@ -18,7 +18,8 @@ from lift_ray.documents import read_document_file
 from lift_ray.eval.config import EvalConfig
 from lift_ray.eval.harness import DOCQA_DIR, GENERAL_FILE, METHOD_NAMES, RESULT_FIELDS, eval_results, get_method
 from lift_ray.eval.runner import method_config, run_eval
-from lift_ray.pipeline import qa_cache_path, sentence_count
+from lift_ray.layout import qa_cache_path
+from lift_ray.pipeline import sentence_count
 from lift_ray.storage import Store, write_json_lines
 
 from .conftest import TEST_OVERRIDES

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lift_ray.client import EndpointError, ask
 from lift_ray.documents import Document
-from lift_ray.pipeline import DocumentReport, train_and_publish
-from lift_ray.storage import Store, read_document_text, read_manifest
+from lift_ray.layout import qa_cache_path, read_document_text, read_manifest, write_qa_cache
+from lift_ray.pipeline import lift_documents, sentence_count
+from lift_ray.storage import Store
 
 from .facts import DOCUMENT, HELD_OUT, TRAINING_PAIRS
 
@@ -16,11 +19,22 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def published_varrow(ray_cluster, s3_store_root, lift_config):
-    """The Varrow Island document trained on hand-written QA pairs and published to the S3 server."""
+    """The Varrow Island document trained on hand-written QA pairs and published to the S3 server.
+
+    The pairs go in as the document's QA cache, one pair per row (so none is held out), rows for every sentence
+    (a cache missing sentences is generated again); `lift_documents` then trains on them and publishes.
+    """
     store = Store.from_uri(s3_store_root)
     document = Document.from_text("varrow", DOCUMENT)
-    report = DocumentReport(document.doc_id, status="pending")
-    train_and_publish(document, TRAINING_PAIRS, lift_config, store, report)
+    sentences = sentence_count(document, lift_config)
+    pairs = [[pair] for pair in TRAINING_PAIRS] + [[] for _ in range(sentences - len(TRAINING_PAIRS))]
+    rows = [
+        {"doc_id": document.doc_id, "sentence_index": min(i, sentences - 1), "qa_json": json.dumps(p)}
+        for i, p in enumerate(pairs)
+    ]
+    write_qa_cache(store, qa_cache_path(lift_config.storage.namespace, document, lift_config), rows)
+    [report] = lift_documents([document], lift_config)
+    assert report.status == "published", report.error
     return document, report
 
 

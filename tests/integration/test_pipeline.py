@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from lift_ray.cli import REPORT_NAME, SUMMARY_NAME, report_key, run_lift
+from lift_ray.cli import run_lift
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
-from lift_ray.pipeline import qa_cache_path
-from lift_ray.storage import Store, read_json_lines, read_manifest
+from lift_ray.layout import REPORT_NAME, SUMMARY_NAME, qa_cache_path, read_manifest, report_key
+from lift_ray.storage import Store, read_json_lines
 
 pytestmark = pytest.mark.integration
 

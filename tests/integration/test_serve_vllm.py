@@ -11,7 +11,8 @@ import pytest
 from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.client import post_json, wait_until_healthy
 from lift_ray.config import ServeConfig, StorageSettings, VLLMSettings
-from lift_ray.storage import Store, publish_adapter
+from lift_ray.layout import publish_adapter
+from lift_ray.storage import Store
 
 from .test_serve import call, events
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lift_ray.config import LiftConfig
-from lift_ray.storage import Store, read_manifest
+from lift_ray.layout import read_manifest
+from lift_ray.storage import Store
 from lift_ray.train.loop import DocumentJob
 from lift_ray.train.trainer import train_documents_on_ray
 

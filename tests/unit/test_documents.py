@@ -4,7 +4,6 @@ from lift_ray.documents import (
     Document,
     DocumentError,
     InvalidDocumentId,
-    collect_documents,
     doc_id_from_filename,
     sentence_rows,
     split_sentences,
@@ -67,19 +66,6 @@ def test_empty_binary_and_non_utf8_documents_fail_with_reasons():
         Document.from_bytes("latin", "café".encode("latin-1"))
     with pytest.raises(DocumentError, match="binary"):
         Document.from_bytes("bin", b"abc\x00def")
-
-
-def test_collect_documents_reports_bad_files_and_keeps_good_ones(tmp_path):
-    (tmp_path / "good.txt").write_text("Anna lives in Oslo.")
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "bad name.txt").write_text("text")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "good.md").write_text("Duplicate id.")
-    documents, failures = collect_documents([tmp_path])
-    assert [d.doc_id for d in documents] == ["good"]
-    assert "empty.txt" in failures and "empty" in failures["empty.txt"]
-    assert "bad name.txt" in failures
-    assert any("duplicate" in reason for reason in failures.values())
 
 
 @pytest.mark.parametrize(

@@ -738,7 +738,8 @@ def test_pearson_and_the_gate_agreement_read_from_manifests(tmp_path):
     from lift_ray.config import LiftConfig, load_config
     from lift_ray.documents import Document
     from lift_ray.eval.runner import gate_agreement, pearson
-    from lift_ray.storage import MANIFEST_NAME, Store, document_prefix
+    from lift_ray.layout import MANIFEST_NAME, document_prefix
+    from lift_ray.storage import Store
 
     assert pearson([(0, 0), (1, 1), (2, 2)]) == 1.0 and pearson([(0, 2), (1, 1), (2, 0)]) == -1.0
     assert pearson([(0, 1), (1, 1)]) is None and pearson([(1, 0), (1, 1), (1, 2)]) is None

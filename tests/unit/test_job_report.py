@@ -13,10 +13,8 @@ import pytest
 
 from lift_ray import pipeline
 from lift_ray.cli import (
-    REPORTS_FOLDER,
     main,
     new_run_id,
-    report_key,
     report_rows,
     run_summary,
     write_run_report,
@@ -24,8 +22,9 @@ from lift_ray.cli import (
 from lift_ray.config import LiftConfig
 from lift_ray.corpus import Corpus, ReadFailure
 from lift_ray.documents import Document
+from lift_ray.layout import REPORTS_FOLDER, publish_adapter, report_key
 from lift_ray.pipeline import DocumentReport
-from lift_ray.storage import LocalStore, Store, publish_adapter, read_json_lines
+from lift_ray.storage import LocalStore, Store, read_json_lines
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,10 +14,11 @@ from pydantic import ValidationError
 from lift_ray import online
 from lift_ray.config import ConfigError, OnlineLiftSettings, ServeConfig, StorageSettings, load_config
 from lift_ray.documents import Document
+from lift_ray.layout import list_manifests, publish_adapter, read_manifest
 from lift_ray.online import DocumentRequest, RequestRejected
 from lift_ray.pipeline import DocumentReport
 from lift_ray.serving.index import ManifestIndex
-from lift_ray.storage import Store, list_manifests, publish_adapter, read_manifest
+from lift_ray.storage import Store
 
 TEXT = "The Quell bridge opened in 1903. Its engineer was Mara Lind."
 

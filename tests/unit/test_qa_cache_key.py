@@ -4,7 +4,8 @@ from pathlib import Path
 
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
-from lift_ray.pipeline import missing_sentences, qa_cache_key, qa_cache_path, sentence_count
+from lift_ray.layout import qa_cache_key, qa_cache_path
+from lift_ray.pipeline import missing_sentences, sentence_count
 
 DOCUMENT = Document.from_text("doc", "Anna lives in Oslo. She builds boats.")
 

@@ -72,8 +72,9 @@ def test_no_gate_without_a_holdout_share(tiny_model_dir: Path) -> None:
 
 
 def test_a_published_adapter_that_failed_the_gate_is_reported_low_quality_with_its_score() -> None:
-    from lift_ray.pipeline import _apply_result
+    from lift_ray.pipeline import report_trained
     from lift_ray.report import DocumentReport
+    from lift_ray.train.loop import DocumentResult
 
     def result(passed: bool) -> dict[str, Any]:
         quality = {"holdout_pairs": 5, "holdout_score": 0.2, "extra_epochs": 2, "min_quality": 0.5, "passed": passed}
@@ -89,9 +90,9 @@ def test_a_published_adapter_that_failed_the_gate_is_reported_low_quality_with_i
             "quality": quality,
         }
 
-    flagged, fine = DocumentReport("doc", status="pending"), DocumentReport("doc", status="pending")
-    _apply_result(flagged, result(False), run_started=0.0, error=None)
-    _apply_result(fine, result(True), run_started=0.0, error=None)
+    pending = DocumentReport("doc", status="pending")
+    flagged = report_trained(pending, DocumentResult.from_record("doc", result(False)), run_started=0.0, error=None)
+    fine = report_trained(pending, DocumentResult.from_record("doc", result(True)), run_started=0.0, error=None)
     assert flagged.status == "low_quality" and "20% of 5 held-out questions" in flagged.error
     assert flagged.quality["holdout_score"] == 0.2 and flagged.timings["gate_s"] == 0.5
     assert fine.status == "published" and fine.error is None

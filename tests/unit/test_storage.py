@@ -16,22 +16,16 @@ from botocore.config import Config
 
 from lift_ray import storage
 from lift_ray.documents import InvalidDocumentId
-from lift_ray.storage import (
+from lift_ray.layout import (
     COMPLETE_MARKER,
     MANIFEST_SCHEMA_VERSION,
-    LocalStore,
-    ObjectNotFound,
-    S3Store,
-    Store,
-    StoreError,
     document_prefix,
     fetch_adapter,
     list_manifests,
     publish_adapter,
-    read_json_lines,
     read_manifest,
-    write_json_lines,
 )
+from lift_ray.storage import LocalStore, ObjectNotFound, S3Store, Store, StoreError, read_json_lines, write_json_lines
 
 
 @pytest.fixture(params=["local", "s3"])

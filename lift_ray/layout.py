@@ -1,0 +1,260 @@
+"""The store's layout: every key lift-ray reads or writes, and the rule for when an adapter is current.
+
+```
+<root>/<namespace>/<doc_id>/manifest.json        written last: a document is published iff this exists
+<root>/<namespace>/<doc_id>/adapter/...          the PEFT folder
+<root>/<namespace>/<doc_id>/document.txt         the document's text (the endpoint's with_context)
+<root>/<qa_namespace>/<doc_id>/qa/<key>.jsonl    the document's QA cache, one row per sentence
+<root>/<namespace>/<doc_id>/lift_status.json     online LIFT's status record
+<root>/_sentence_qa/<namespace>/<key>.json       the sentence QA cache (generator.sentence_cache)
+<root>/_reports/<run_id>/{report.jsonl,summary.json}   a `lift-ray lift` run's report
+```
+
+Folders that start with '_' cannot be namespaces (ids start with a letter or digit), so they never mix with
+adapters. `lift_ray.storage` is the generic key -> bytes store these keys live in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lift_ray.documents import validate_doc_id
+from lift_ray.storage import ObjectNotFound, Store, StoreError, read_json_lines, write_json_lines
+
+if TYPE_CHECKING:
+    from lift_ray.config import LiftConfig
+    from lift_ray.documents import Document
+
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+DOCUMENT_TEXT_NAME = "document.txt"
+ADAPTER_FOLDER = "adapter"
+QA_CACHE_FOLDER = "qa"
+STATUS_NAME = "lift_status.json"
+SENTENCE_CACHE_FOLDER = "_sentence_qa"
+REPORTS_FOLDER = "_reports"
+REPORT_NAME = "report.jsonl"
+SUMMARY_NAME = "summary.json"
+COMPLETE_MARKER = ".lift-ray-complete"
+FETCH_ATTEMPTS = 3
+
+
+# ---------------------------------------------------------------- keys
+
+
+def document_prefix(namespace: str, doc_id: str) -> str:
+    """The folder of one document's adapter and manifest: '<namespace>/<doc_id>'."""
+    return f"{validate_doc_id(namespace, 'namespace')}/{validate_doc_id(doc_id)}"
+
+
+def manifest_key(namespace: str, doc_id: str) -> str:
+    """Store key of a document's manifest: '<namespace>/<doc_id>/manifest.json'."""
+    return f"{document_prefix(namespace, doc_id)}/{MANIFEST_NAME}"
+
+
+def adapter_prefix(namespace: str, doc_id: str) -> str:
+    """Store folder of a document's PEFT adapter: '<namespace>/<doc_id>/adapter'."""
+    return f"{document_prefix(namespace, doc_id)}/{ADAPTER_FOLDER}"
+
+
+def document_text_key(namespace: str, doc_id: str) -> str:
+    """Store key of the text published with a document's adapter: '<namespace>/<doc_id>/document.txt'."""
+    return f"{document_prefix(namespace, doc_id)}/{DOCUMENT_TEXT_NAME}"
+
+
+def online_status_key(namespace: str, doc_id: str) -> str:
+    """Store key of a document's online LIFT status record: '<namespace>/<doc_id>/lift_status.json'."""
+    return f"{document_prefix(namespace, doc_id)}/{STATUS_NAME}"
+
+
+def qa_cache_key(document: Document, config: LiftConfig) -> str:
+    """Cache key of a document's synthetic QA: its content and everything about the generator that matters."""
+    parts = {
+        "doc_sha256": document.sha256,
+        **config.generator_fingerprint(),
+        "sentences": config.sentences.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def qa_cache_path(namespace: str, document: Document, config: LiftConfig) -> str:
+    """Store key of a document's QA cache (JSONL, one row per sentence): '<ns>/<doc_id>/qa/<key>.jsonl'."""
+    return f"{document_prefix(namespace, document.doc_id)}/{QA_CACHE_FOLDER}/{qa_cache_key(document, config)}.jsonl"
+
+
+def sentence_cache_prefix(namespace: str) -> str:
+    """Store folder of a namespace's sentence QA cache: '_sentence_qa/<namespace>'."""
+    return f"{SENTENCE_CACHE_FOLDER}/{validate_doc_id(namespace, 'namespace')}"
+
+
+def sentence_cache_key(namespace: str, digest: str) -> str:
+    """Store key of one sentence's cached QA: '_sentence_qa/<namespace>/<digest>.json'."""
+    return f"{sentence_cache_prefix(namespace)}/{digest}.json"
+
+
+def report_prefix(run_id: str) -> str:
+    """Store folder of a run's report: '_reports/<run_id>'."""
+    return f"{REPORTS_FOLDER}/{validate_doc_id(run_id, 'run id')}"
+
+
+def report_key(run_id: str, name: str) -> str:
+    """Store key of a file in a run's report folder: `_reports/<run_id>/<name>`."""
+    return f"{report_prefix(run_id)}/{name}"
+
+
+# ---------------------------------------------------------------- rules
+
+
+def adapter_is_current(manifest: dict[str, Any] | None, doc_sha256: str, config_hash: str) -> bool:
+    """Whether a published manifest is of this document text (sha256) trained with this config (adapter hash).
+
+    A current adapter is not trained again: a rerun skips it, and online LIFT treats it as this run's.
+    """
+    return bool(manifest) and (manifest.get("doc_sha256"), manifest.get("config_hash")) == (doc_sha256, config_hash)
+
+
+def published_at(manifest: dict[str, Any]) -> datetime | None:
+    """When a manifest was published (its `published_at`), or None when it does not say or is unreadable."""
+    try:
+        return datetime.fromisoformat(manifest["published_at"]) if manifest.get("published_at") else None
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- adapters
+
+
+def publish_adapter(
+    store: Store, namespace: str, doc_id: str, adapter_dir: Path, manifest: dict, document_text: str | None = None
+) -> dict:
+    """Upload an adapter folder (and the document's text, which the endpoint's `with_context` reads) and
+    then, last, its manifest; returns the manifest as written."""
+    adapter_folder = adapter_prefix(namespace, doc_id)
+    adapter_dir = Path(adapter_dir)
+    files = sorted(p for p in adapter_dir.rglob("*") if p.is_file()) if adapter_dir.is_dir() else []
+    if not files:
+        raise ValueError(f"adapter folder {adapter_dir} has no files to publish")
+    # Manifest first, so that a republish that dies halfway leaves nothing a reader would trust.
+    store.delete(manifest_key(namespace, doc_id))
+    store.delete_prefix(adapter_folder)
+    keys = store.upload_dir(adapter_dir, adapter_folder)
+    text_fields = {}
+    if document_text is not None:
+        store.write_text(document_text_key(namespace, doc_id), document_text)
+        text_fields = {"document_text": DOCUMENT_TEXT_NAME}
+    written = {
+        **manifest,
+        **text_fields,
+        "schema_version": MANIFEST_SCHEMA_VERSION,
+        "namespace": namespace,
+        "doc_id": doc_id,
+        "adapter_uri": store.child_uri(adapter_folder),
+        "adapter_bytes": sum(p.stat().st_size for p in files),
+        "adapter_files": [key[len(adapter_folder) + 1 :] for key in keys],
+        "published_at": datetime.now(UTC).isoformat(timespec="microseconds"),
+    }
+    store.write_json(manifest_key(namespace, doc_id), written)
+    return written
+
+
+def read_manifest(store: Store, namespace: str, doc_id: str) -> dict | None:
+    """The published manifest of a document, or None when it has none."""
+    try:
+        manifest = store.read_json(manifest_key(namespace, doc_id))
+    except ObjectNotFound:
+        return None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{store.child_uri(manifest_key(namespace, doc_id))} is not a JSON object")
+    return manifest
+
+
+def read_document_text(store: Store, namespace: str, doc_id: str) -> str | None:
+    """The text published with a document's adapter, or None when it was published without it."""
+    try:
+        return store.read_text(document_text_key(namespace, doc_id))
+    except ObjectNotFound:
+        return None
+
+
+def list_manifests(store: Store, namespace: str) -> list[dict]:
+    """The manifests of every published document in a namespace, sorted by document id."""
+    validate_doc_id(namespace, "namespace")
+    doc_ids = sorted(
+        parts[1]
+        for parts in (key.split("/") for key in store.list_keys(namespace))
+        if len(parts) == 3 and parts[2] == MANIFEST_NAME
+    )
+    manifests = []
+    for doc_id in doc_ids:
+        # A document unpublished between listing and reading is simply skipped.
+        manifest = read_manifest(store, namespace, doc_id)
+        if manifest is not None:
+            manifests.append(manifest)
+    return manifests
+
+
+def manifest_version(manifest: dict) -> str:
+    """A short name for one published version of an adapter (changes whenever the manifest does)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fetch_adapter(store: Store, namespace: str, doc_id: str, cache_dir: Path) -> Path:
+    """The published adapter as a local folder under `cache_dir`, downloaded only if not cached already."""
+    manifest = read_manifest(store, namespace, doc_id)
+    for _attempt in range(FETCH_ATTEMPTS):
+        if manifest is None:
+            raise ObjectNotFound(f"no adapter published at {store.child_uri(document_prefix(namespace, doc_id))}")
+        target = Path(cache_dir) / namespace / doc_id / manifest_version(manifest)
+        if (target / COMPLETE_MARKER).exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        try:
+            store.download_dir(adapter_prefix(namespace, doc_id), staging)
+            # A republish during the download could have mixed two versions: only keep what matches the manifest.
+            current = read_manifest(store, namespace, doc_id)
+            if current != manifest:
+                manifest = current
+                continue
+            missing = [name for name in manifest.get("adapter_files", []) if not (staging / name).is_file()]
+            if missing:
+                raise StoreError(
+                    f"adapter at {manifest.get('adapter_uri')} is missing files listed in its manifest: {missing}"
+                )
+            (staging / COMPLETE_MARKER).write_text(manifest.get("published_at", ""))
+            return _move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    raise StoreError(
+        f"adapter at {store.child_uri(document_prefix(namespace, doc_id))} kept changing while being downloaded"
+    )
+
+
+def _move_into_place(staging: Path, target: Path) -> Path:
+    """Rename `staging` to `target`; if another process got there first with a complete copy, use theirs."""
+    try:
+        staging.rename(target)
+    except OSError:
+        # Only complete downloads are ever renamed into place, so an existing target is the winner's copy.
+        if not (target / COMPLETE_MARKER).exists():
+            raise StoreError(f"adapter cache folder {target} exists but is incomplete; delete it and retry") from None
+    return target
+
+
+# ---------------------------------------------------------------- QA cache
+
+
+def read_qa_cache(store: Store, key: str) -> list[dict[str, Any]] | None:
+    """The rows of a document's QA cache, or None when there is none."""
+    return read_json_lines(store, key) if store.exists(key) else None
+
+
+def write_qa_cache(store: Store, key: str, rows: list[dict[str, Any]]) -> None:
+    """Store a document's QA cache: its generator rows (one per sentence) as JSON lines."""
+    write_json_lines(store, key, rows)
