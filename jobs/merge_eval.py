@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from lift_ray.bench import RESULTS_DIR, write_results
 from lift_ray.eval.harness import plot_niah_grids, plot_scores, write_eval_results
 from lift_ray.eval.runner import load_eval_run, merge_eval_runs, niah_cells
+from lift_ray.results import RESULTS_DIR, write_results
 
 
 def main() -> None:

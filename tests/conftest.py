@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lift_ray.local_s3 import AWS_VARIABLES_TO_CLEAR, s3_environment, start_s3_server
+from testkit.local_s3 import AWS_VARIABLES_TO_CLEAR, s3_environment, start_s3_server
 
 
 def pytest_configure(config: pytest.Config) -> None:

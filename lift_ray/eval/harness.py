@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from lift_ray.documents import Document, read_document_file, validate_doc_id
 from lift_ray.metrics import best_score, normalize_answer
+from lift_ray.results import markdown_table, write_results
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DOCQA_DIR = DATA_DIR / "docqa"
@@ -407,17 +408,13 @@ def eval_results(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
 
 
 def write_eval_results(results: Mapping[str, Mapping[str, Any]], name: str = "eval") -> Path:
-    """Write docs/results/<name>.json via `lift_ray.bench.write_results`: one key per method (`eval_results`)."""
-    from lift_ray import bench
-
-    return bench.write_results(name, eval_results(results))
+    """Write docs/results/<name>.json (`lift_ray.results.write_results`): one key per method (`eval_results`)."""
+    return write_results(name, eval_results(results))
 
 
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The results as a markdown table, one row per method ("-" where not measured); with a column for the
     share of the documents ICL could read when a method records it (`context_read_share`)."""
-    from lift_ray.bench import markdown_table
-
     table = eval_results(results)
     fields = list(RESULT_FIELDS)
     if any(entry.get("context_read_share") is not None for entry in table.values()):

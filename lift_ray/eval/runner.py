@@ -19,7 +19,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lift_ray.bench import RESULTS_DIR
 from lift_ray.config import LiftConfig, ServeConfig, load_config, override_config
 from lift_ray.documents import Document
 from lift_ray.eval import niah
@@ -44,6 +43,7 @@ from lift_ray.eval.harness import (
     score_answers,
     write_eval_results,
 )
+from lift_ray.results import RESULTS_DIR, markdown_table, write_results
 
 log = logging.getLogger(__name__)
 
@@ -619,8 +619,6 @@ def eval_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lift-ray eval: {exc}", flush=True)
         return 2
-    from lift_ray.bench import markdown_table
-
     print("eval config:\n" + config.to_yaml(), flush=True)
     plan = eval_plan(config)
     if plan:
@@ -632,8 +630,6 @@ def eval_command(args: argparse.Namespace) -> int:
     results = run_eval(
         config, on_method=lambda so_far: write_eval_results(_without_predictions(so_far), f"{name}_partial")
     )
-    from lift_ray.bench import write_results
-
     per_question = {method: entry.pop("per_question", []) for method, entry in results.items()}
     path = write_eval_results(results, name)
     adapters = [

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lift_ray.config import LiftConfig, ServeConfig, load_config
-from lift_ray.local_s3 import free_port
+from testkit.local_s3 import free_port
 
 # Fractional CPUs so training workers, a generator actor (both at once when training streams from the
 # generator) and a Serve replica fit on 2 cores: 2 x 0.4 + 0.4 + 0.25 (sentence split) + 0.3 + 0.1 (ingress).

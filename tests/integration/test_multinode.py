@@ -32,8 +32,8 @@ import yaml
 
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
-from lift_ray.local_s3 import free_port
 from lift_ray.pipeline import missing_sentences
+from testkit.local_s3 import free_port
 
 from .conftest import TINY_GENERATOR, TINY_LORA, TINY_TRAIN
 

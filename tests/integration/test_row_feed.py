@@ -52,9 +52,9 @@ def test_one_documents_qa_reaches_the_reader_batch_by_batch(ray_cluster, lift_co
     """
     import ray
 
-    from lift_ray.chat_stub import ChatStub, serving
     from lift_ray.documents import Document
     from lift_ray.pipeline import build_qa_stream, sentence_count
+    from testkit.chat_stub import ChatStub, serving
 
     text = " ".join(f"Fact number {i} is that {i} plus {i} is {2 * i}." for i in range(6))
     document = Document.from_text("six", text)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.client import post_json, wait_until_healthy
 from lift_ray.config import ServeConfig, StorageSettings, VLLMSettings
 from lift_ray.layout import publish_adapter
 from lift_ray.storage import Store
+from testkit.bench_adapters import write_random_adapter
 
 from .test_serve import call, events
 

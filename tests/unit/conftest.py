@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lift_ray.chat_stub import ChatStub, serving
+from testkit.chat_stub import ChatStub, serving
 
 
 @pytest.fixture

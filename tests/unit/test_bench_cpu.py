@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lift_ray.bench import ProcessCpuSampler, cpu_shares
+from testkit.bench import ProcessCpuSampler, cpu_shares
 
 BUSY = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass"
 

@@ -358,12 +358,12 @@ QUOTES: list[Quote] = [
         "docs/operations.md",
         "pipeline.json",
         [
-            ("`jobs/bench_pipeline.py` LIFTed", "settings.main_document_sentences", {"shown": "an {}-sentence"}),
-            ("`jobs/bench_pipeline.py` LIFTed", "ttft.0.tokens", {"shown": "({}-token)"}),
-            ("`jobs/bench_pipeline.py` LIFTed", "settings.qa_per_sentence", {"shown": "m = {} and"}),
-            ("`jobs/bench_pipeline.py` LIFTed", "settings.epochs", {"shown": "and {} epochs"}),
-            ("`jobs/bench_pipeline.py` LIFTed", "sequential_s", {"shown": "{} s end to end generating first"}),
-            ("`jobs/bench_pipeline.py` LIFTed", "pipelined_s", {"shown": "{} s training while generating"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "settings.main_document_sentences", {"shown": "an {}-sentence"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "ttft.0.tokens", {"shown": "({}-token)"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "settings.qa_per_sentence", {"shown": "m = {} and"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "settings.epochs", {"shown": "and {} epochs"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "sequential_s", {"shown": "{} s end to end generating first"}),
+            ("`benchmarks/bench_pipeline.py` LIFTed", "pipelined_s", {"shown": "{} s training while generating"}),
         ],
     ),
     *prose(
@@ -371,16 +371,16 @@ QUOTES: list[Quote] = [
         "synth.json",
         [
             (
-                "`jobs/bench_synth.py` measured the vLLM",
+                "`benchmarks/bench_synth.py` measured the vLLM",
                 "engines.vllm_batch16.output_tokens_per_s",
                 {"digits": 0, "shown": "generator at {} output tokens/s"},
             ),
             (
-                "`jobs/bench_synth.py` measured the vLLM",
+                "`benchmarks/bench_synth.py` measured the vLLM",
                 "engines.vllm_batch16.qa_pairs_per_s",
                 {"digits": 2, "shown": "{} QA pairs/s"},
             ),
-            ("`jobs/bench_synth.py` measured the vLLM", "qa_per_sentence", {"shown": "at m = {}."}),
+            ("`benchmarks/bench_synth.py` measured the vLLM", "qa_per_sentence", {"shown": "at m = {}."}),
             ("which on the embedded model", "engines.vllm_batch16.retried_sentences", {"shown": "touched {} of"}),
             ("which on the embedded model", "engines.vllm_batch16.sentences", {"shown": "of {} sentences"}),
         ],

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lift_ray import bench
-from lift_ray.chat_stub import ChatStub
+from lift_ray import results as results_module
 from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
 from lift_ray.documents import Document, validate_doc_id
 from lift_ray.eval import niah
@@ -40,6 +39,7 @@ from lift_ray.eval.harness import (
 )
 from lift_ray.eval.runner import Training, merge_eval_runs, method_config, niah_figures, run_eval, train_adapters
 from lift_ray.pipeline import DocumentReport
+from testkit.chat_stub import ChatStub
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +327,7 @@ def test_method_configs_train_the_right_variants_in_their_own_namespaces():
 
 
 def test_results_have_every_method_and_field(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(results_module, "RESULTS_DIR", tmp_path)
     path = write_eval_results({"lift": {"exact_match": 0.41666666, "f1": 0.5, "contains": 0.7}, "base": {"f1": 0.1}})
     assert path == tmp_path / "eval.json"
     data = json.loads(path.read_text())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-from lift_ray.chat_stub import ChatStub, replay_recorded_pairs
 from lift_ray.config import GeneratorSettings, OpenAISettings
 from lift_ray.engines import OpenAIChatEngine, SamplingSettings, make_engine
 from lift_ray.synth.generator import QAGenerator
 from lift_ray.synth.prompts import build_messages
+from testkit.chat_stub import ChatStub, replay_recorded_pairs
 
 
 def _conversations(n: int) -> list[list[dict[str, str]]]:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.config import TenantSettings
 from lift_ray.layout import publish_adapter
 from lift_ray.serving import AdapterFetcher, AdapterUnusable, ManifestIndex, SingleFlight, Tenants, Unauthorized
 from lift_ray.serving.adapters import UnknownDocument, check_adapter
 from lift_ray.serving.tenants import parse_key_list
 from lift_ray.storage import S3Store, Store
+from testkit.bench_adapters import write_random_adapter
 
 NAMESPACE = "tenant"
 # A tiny config.json of the embedded model's family, so adapters are made without the model itself.

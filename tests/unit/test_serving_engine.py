@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.config import ServeConfig, StorageSettings
 from lift_ray.eval.harness import CUT_MARKER
 from lift_ray.layout import publish_adapter
 from lift_ray.serving import AdapterService, AdapterUnusable, AnswerRequest, BadRequest, GenerationRequest, HFPeftEngine
 from lift_ray.storage import Store
+from testkit.bench_adapters import write_random_adapter
 
 NAMESPACE = "default"
 QUESTION = [{"role": "user", "content": "Name three colours."}]

@@ -1,6 +1,6 @@
 """QA synthesis benchmark: engines and batch sizes on the same prompts, plus the quality of what they write.
 
-    .venv/bin/python jobs/bench_synth.py [--config lift.yaml] [--set key=value ...]
+    .venv/bin/python -m benchmarks.bench_synth [--config lift.yaml] [--set key=value ...]
 
 Every engine gets the same prompts (every sentence of samples/orvella.txt, with its preceding paragraph),
 the configured generator settings (greedy first attempt, staged retries). Per engine it measures QA pairs/s and output
@@ -24,15 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import read_document_file, sentence_rows
 from lift_ray.engines import make_engine
 from lift_ray.metrics import grounded_sentence_fraction
 from lift_ray.models import resolve_base_model
+from lift_ray.results import REPO_ROOT
 from lift_ray.synth.generator import QAGenerator
+from testkit.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
 
-SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "orvella.txt"
+SAMPLE = REPO_ROOT / "samples" / "orvella.txt"
 RUNS = [("vllm", 16), ("hf", 16), ("hf", 1)]
 
 
@@ -81,8 +82,8 @@ def run_in_subprocess(spec: str, argv: list[str]) -> dict[str, Any]:
     HF run in the same process to a fifth of its speed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--single", spec, "--out", str(out)]
-        subprocess.run(command, check=True)
+        command = [sys.executable, "-m", "benchmarks.bench_synth", *argv, "--single", spec, "--out", str(out)]
+        subprocess.run(command, check=True, cwd=REPO_ROOT)  # the repository root: testkit and benchmarks import
         return json.loads(out.read_text())
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     device = next(iter(engines.values()))["device"]
     update_benchmarks_section(
         "synth",
-        f"## QA synthesis (`jobs/bench_synth.py`)\n\n"
+        f"## QA synthesis (`benchmarks/bench_synth.py`)\n\n"
         f"{device}: {len(rows)} sentences of `samples/{SAMPLE.name}`, "
         f"m={config.generator.qa_per_sentence}, preset `{config.generator.preset}`, greedy first attempt, "
         f"up to {config.generator.max_retries} retries ({config.generator.samples_per_retry} sampled candidates each "

@@ -1,9 +1,9 @@
-"""Shared plumbing for benchmarks: where figures go and how docs/benchmarks.md gets their tables."""
+"""Shared plumbing for benchmarks: their LIFT settings, invented documents, how docs/benchmarks.md gets their
+tables, CPU sampling. Where figures go (`RESULTS_DIR`, `write_results`, `markdown_table`) is lift_ray.results."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from lift_ray.config import LiftConfig, load_config
 from lift_ray.documents import Document
+from lift_ray.results import REPO_ROOT
+from lift_ray.results import RESULTS_DIR as RESULTS_DIR  # re-exported for the benchmarks
+from lift_ray.results import markdown_table as markdown_table
+from lift_ray.results import write_results as write_results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "docs" / "results"
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 # LIFT settings of the CPU benchmarks: small enough for minutes on 2 cores, the same in each of them.
 BENCH_DEFAULTS = [
@@ -76,14 +77,6 @@ def device_description() -> str:
     return f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores"
 
 
-def write_results(name: str, figures: dict[str, Any]) -> Path:
-    """Write `figures` to docs/results/<name>.json (sorted keys, stable formatting)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    return path
-
-
 def update_benchmarks_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:
     """Replace the text between `<!-- bench:name -->` and `<!-- /bench:name -->` (appended if absent)."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
@@ -92,13 +85,6 @@ def update_benchmarks_section(name: str, markdown: str, path: Path = BENCHMARKS_
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
     path.write_text(text)
-
-
-def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _process_cpu_seconds() -> dict[int, tuple[float, str]]:

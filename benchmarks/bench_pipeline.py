@@ -1,7 +1,7 @@
 """Pipeline benchmark: training while generating vs generate-then-train, TTFT vs length, bulk overheads.
 
-    .venv/bin/python jobs/bench_pipeline.py [--sentences 8] [--ttft-lengths 4,16] [--bulk-copies 3]
-                                            [--config lift.yaml] [--set key=value ...]
+    .venv/bin/python -m benchmarks.bench_pipeline [--sentences 8] [--ttft-lengths 4,16] [--bulk-copies 3]
+                                                  [--config lift.yaml] [--set key=value ...]
 
 On one local Ray instance, with the configured engine and settings (defaults: 2 epochs, m=2, small
 invented-fact documents, so it stays around 9-13 minutes on 2 cores):
@@ -24,7 +24,7 @@ invented-fact documents, so it stays around 9-13 minutes on 2 cores):
    time in the Ray run comes from on a machine whose cores the workers fill;
 4. a generator on other hardware (`--remote-epochs`, default 1): on this machine both stages share the
    same 2 cores, so overlapping them cannot do more work per second. A cluster gives the generator its
-   own GPUs; the stand-in for that is an OpenAI-compatible server on loopback (`lift_ray.chat_stub`) that
+   own GPUs; the stand-in for that is an OpenAI-compatible server on loopback (`testkit.chat_stub`) that
    replays the pairs the real generator wrote for each sentence of the main document after a fixed
    latency and uses no CPU meanwhile. Latency per request batch is set so that generation alone costs
    about what training alone costs at `--remote-epochs` (1's training time with its optimizer steps
@@ -48,7 +48,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lift_ray.bench import (
+from lift_ray.config import LiftConfig
+from lift_ray.documents import Document
+from lift_ray.layout import qa_cache_path
+from lift_ray.models import load_tokenizer, resolve_base_model
+from lift_ray.pipeline import lift_documents
+from lift_ray.storage import Store, read_json_lines
+from lift_ray.train.loop import AdapterTrainer, DocumentJob
+from testkit.bench import (
     RESULTS_DIR,
     ProcessCpuSampler,
     add_config_arguments,
@@ -60,14 +67,7 @@ from lift_ray.bench import (
     update_benchmarks_section,
     write_results,
 )
-from lift_ray.chat_stub import ChatStub, replay_recorded_pairs, serving
-from lift_ray.config import LiftConfig
-from lift_ray.documents import Document
-from lift_ray.layout import qa_cache_path
-from lift_ray.models import load_tokenizer, resolve_base_model
-from lift_ray.pipeline import lift_documents
-from lift_ray.storage import Store, read_json_lines
-from lift_ray.train.loop import AdapterTrainer, DocumentJob
+from testkit.chat_stub import ChatStub, replay_recorded_pairs, serving
 
 
 def _config(base: LiftConfig, namespace: str, pipeline: str) -> LiftConfig:
@@ -419,7 +419,7 @@ def main() -> None:
         )
     update_benchmarks_section(
         "pipeline",
-        f"## Pipeline: training while generating (`jobs/bench_pipeline.py`)\n\n{figures['device']}; engine "
+        f"## Pipeline: training while generating (`benchmarks/bench_pipeline.py`)\n\n{figures['device']}; engine "
         f"{figures['engine']}; {figures['settings']}.\n\n{markdown_table(['measure', 'value'], rows)}\n\n"
         f"{remote_note}What limits these figures on this machine, and what the bulk figures mean for a bulk job: "
         "[training.md](training.md#what-the-pipelined-time-can-be-and-what-this-machine-shows).\n\n"

@@ -1,8 +1,8 @@
 """Serving load test: 1,000 registered adapters, requests spread Zipf-like over 200 of them, against a real
 Serve deployment on loopback that reads adapters from an S3 API server on loopback (moto).
 
-    .venv/bin/python jobs/bench_serve.py [--adapters 1000] [--requests 1000] [--concurrency 32] [--hot 200]
-                                         [--engine hf|vllm] [--max-tokens 4] [--set key=value ...]
+    .venv/bin/python -m benchmarks.bench_serve [--adapters 1000] [--requests 1000] [--concurrency 32] [--hot 200]
+                                               [--engine hf|vllm] [--max-tokens 4] [--set key=value ...]
 
 Steps: start `python -m moto.server`; write and publish N random rank-8 adapters (q_proj, v_proj) for the
 embedded model, plus a few rank-16 all-linear ones (the shape LIFT trains) for the cold-load figure; start
@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from lift_ray.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
-from lift_ray.bench_adapters import write_random_adapter
 from lift_ray.config import ALL_LINEAR, ServeConfig, load_config
 from lift_ray.layout import publish_adapter
-from lift_ray.local_s3 import AWS_VARIABLES_TO_CLEAR, free_port, s3_environment
-from lift_ray.local_s3 import start_s3_server as start_local_s3
 from lift_ray.models import ensure_embedded_model
 from lift_ray.storage import Store
+from testkit.bench import RESULTS_DIR, device_description, markdown_table, update_benchmarks_section, write_results
+from testkit.bench_adapters import write_random_adapter
+from testkit.local_s3 import AWS_VARIABLES_TO_CLEAR, free_port, s3_environment
+from testkit.local_s3 import start_s3_server as start_local_s3
 
 NAMESPACE = "bench"
 QUESTIONS = ["Name three colours.", "What is the capital of France?", "Who wrote the report?", "When did it open?"]
@@ -311,7 +311,7 @@ def main() -> None:
     rows.append(["warm adapter, one at a time", args.unloaded, 0, figures["unloaded_warm_p50_ms"], "-", "-"])
     markdown = "\n\n".join(
         [
-            "## Serving: 1,000 adapters behind one endpoint (`jobs/bench_serve.py`)",
+            "## Serving: 1,000 adapters behind one endpoint (`benchmarks/bench_serve.py`)",
             f"{figures['device']}; engine `{args.engine}`; {args.adapters} rank-8 adapters registered on the S3 server "
             f"(moto, loopback), {args.requests} requests at concurrency {args.concurrency} spread Zipf-like over "
             f"{args.hot} of them, {args.max_tokens} tokens each, one replica with {config.max_adapters_per_replica} "

@@ -1,11 +1,11 @@
 """Online LIFT benchmark: documents posted together, LIFTed one run each against one batched run.
 
-    .venv/bin/python jobs/bench_online.py [--documents 3] [--sentences 4] [--window 2]
-                                          [--config lift.yaml] [--set key=value ...]
+    .venv/bin/python -m benchmarks.bench_online [--documents 3] [--sentences 4] [--window 2]
+                                                [--config lift.yaml] [--set key=value ...]
 
 What `POST /v1/documents` does when several documents arrive close together, without the HTTP layer: the
 same `run_online_lift` Ray task the endpoint starts, on one local Ray instance, with the benchmark settings
-of `jobs/bench_pipeline.py` (2 epochs, m=2, invented-fact documents; `--set` to change them):
+of `benchmarks/bench_pipeline.py` (2 epochs, m=2, invented-fact documents; `--set` to change them):
 
 1. one run per document, as the endpoint did before batching (today: `online_lift.batch_window_s: 0` with
    `max_running_batches` at least the number of documents): `--documents` tasks started at once, each
@@ -30,7 +30,10 @@ import time
 from typing import Any
 
 from lift_ray import online
-from lift_ray.bench import (
+from lift_ray.config import LiftConfig
+from lift_ray.documents import Document
+from lift_ray.storage import Store
+from testkit.bench import (
     add_config_arguments,
     bench_config,
     device_description,
@@ -39,9 +42,6 @@ from lift_ray.bench import (
     update_benchmarks_section,
     write_results,
 )
-from lift_ray.config import LiftConfig
-from lift_ray.documents import Document
-from lift_ray.storage import Store
 
 
 def lift_posted(base: LiftConfig, documents: list[Document], namespace: str, window_s: float | None) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def main() -> None:
     table = markdown_table(["online LIFT", "value"], rows)
     update_benchmarks_section(
         "online_batch",
-        f"## Online LIFT: documents posted together (`jobs/bench_online.py`)\n\n"
+        f"## Online LIFT: documents posted together (`benchmarks/bench_online.py`)\n\n"
         f"{figures['device']}; engine {base.generator.engine}; {figures['settings']}.\n\n{table}",
     )
     print(table)
