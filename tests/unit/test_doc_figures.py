@@ -385,6 +385,22 @@ QUOTES: list[Quote] = [
             ("which on the embedded model", "engines.vllm_batch16.sentences", {"shown": "of {} sentences"}),
         ],
     ),
+    # docs/evaluation.md: the larger base model (student) in "Recipes"
+    *prose(
+        "docs/evaluation.md",
+        "eval_qwen_student.json",
+        [
+            ("**Qwen2.5-Coder-0.5B as the base model**", "lift.contains", {"digits": 3}),
+            ("**Qwen2.5-Coder-0.5B as the base model**", "lift.exact_match", {"digits": 3}),
+            ("**Qwen2.5-Coder-0.5B as the base model**", "lift.general_contains", {"digits": 3}),
+            ("**Qwen2.5-Coder-0.5B as the base model**", "lift.train_seconds_per_document", {"digits": 0}),
+            ("Reading the whole document Qwen", "icl.contains", {"digits": 3, "shown": "(ICL contains {}"}),
+            ("Reading the whole document Qwen", "icl.general_contains", {"digits": 3, "shown": "questions {} against"}),
+            ("but its adapter is not:", "lift.contains", {"digits": 3, "shown": "not: {} contains"}),
+            ("but its adapter is not:", "lift.exact_match", {"digits": 3, "shown": "EM {},"}),
+            ("Training took", "lift.train_seconds_per_document", {"digits": 0, "shown": "took {} s"}),
+        ],
+    ),
     # README.md: the evaluation figures in "Benchmarks" (not the demo paragraph at the top)
     *prose(
         "README.md",
