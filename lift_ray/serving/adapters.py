@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
-from lift_ray.layout import COMPLETE_MARKER, fetch_adapter, read_manifest
-from lift_ray.layout import manifest_version as _manifest_version
+from lift_ray.layout import COMPLETE_MARKER, fetch_adapter, manifest_version, read_manifest
 from lift_ray.storage import ObjectNotFound, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -133,7 +132,7 @@ class AdapterFetcher:
         manifest = read_manifest(self.store, namespace, doc_id)
         if manifest is None:
             raise UnknownDocument(f"no LIFTed document {doc_id!r}")
-        target = self.cache_dir / namespace / doc_id / _manifest_version(manifest)
+        target = self.cache_dir / namespace / doc_id / manifest_version(manifest)
         if target in self._unusable:
             raise AdapterUnusable(self._unusable[target])
         source: Literal["disk", "store"] = "disk" if (target / COMPLETE_MARKER).exists() else "store"
