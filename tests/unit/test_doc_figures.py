@@ -401,6 +401,39 @@ QUOTES: list[Quote] = [
             ("Training took", "lift.train_seconds_per_document", {"digits": 0, "shown": "took {} s"}),
         ],
     ),
+    # docs/evaluation.md: "Costs" (the grid's own cost fields are null: it reused adapters)
+    *prose(
+        "docs/evaluation.md",
+        "eval_lift_qwen.json",
+        [("**Costs.**", "lift.train_seconds_per_document", {"digits": 0, "shown": "costs {} s per"})],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recipe_sft.json",
+        [
+            (
+                "training alone, from the QA cache,",
+                "lift.train_seconds_per_document",
+                {"digits": 0, "shown": "cache, {} s"},
+            )
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_qwen_niah.json",
+        [
+            (
+                "On the two documents of the NIAH run",
+                "lift_10qa.train_seconds_per_document",
+                {"digits": 0, "shown": "cost {} s per"},
+            ),
+            (
+                "On the two documents of the NIAH run",
+                "finetune_raw.train_seconds_per_document",
+                {"digits": 0, "shown": "Finetune-Raw {} s"},
+            ),
+        ],
+    ),
     # README.md: the evaluation figures in "Benchmarks" (not the demo paragraph at the top)
     *prose(
         "README.md",
