@@ -228,24 +228,26 @@ def ensure_ray() -> None:
     connect_ray(log_to_driver=True)
 
 
-def _same_batch(batch: Any) -> Any:
-    return batch
-
-
 def blocks_of(dataset: Any, rows: int, num_cpus: float) -> Any:
-    """`dataset` cut into blocks of at most `rows` rows as it streams, in tasks that take `num_cpus` CPUs.
+    """`dataset` cut into blocks of `rows` rows as it streams (`repartition(target_num_rows_per_block=...)`).
 
     Why: a map task hands its output on only when its whole input block is done, and the split emits one
     block per document, so without this a document's QA reached the trainer only once all of it was
-    generated. `Dataset.repartition(target_num_rows_per_block=...)` cuts, but takes no resources, and its
+    generated. The cutting tasks must ask for `num_cpus`: `Dataset.repartition` takes no resources, and its
     default of one CPU per task waits forever behind generator actors and trainer workers on a small node
-    (it hung a 2-CPU cluster). So the cut follows a `map_batches` that asks for `num_cpus`: Ray Data fuses
-    a non-strict streaming repartition into the `map_batches` before it, whose tasks then do the cutting
-    (and that map into the map before it when their resources match). Public API only;
-    tests/integration/test_row_feed.py fails with a clear message if a Ray upgrade stops the fusion.
+    (it hung a 2-CPU cluster). Ray 2.60 has no public way to give them less: an identity
+    `map_batches(num_cpus=...)` before it is fused with the split, not with the repartition (measured: the
+    repartition kept its 1 CPU and the stream stalled). Hence the one private field set here, pinned to
+    Ray 2.60's `StreamingRepartition`: a Ray that plans anything else fails here with this message, and
+    tests/integration/test_row_feed.py fails if the cut stops running beside actors holding all but a quarter
+    CPU.
     """
-    same = dataset.map_batches(_same_batch, batch_size=None, num_cpus=num_cpus, zero_copy_batch=True)
-    return same.repartition(target_num_rows_per_block=rows)
+    cut = dataset.repartition(target_num_rows_per_block=rows, strict=True)
+    operator = cut._logical_plan.dag
+    if type(operator).__name__ != "StreamingRepartition" or not hasattr(operator, "ray_remote_args"):
+        raise RuntimeError(f"this Ray's repartition plans {type(operator).__name__}: blocks_of needs updating")
+    object.__setattr__(operator, "ray_remote_args", {**operator.ray_remote_args, "num_cpus": num_cpus})
+    return cut
 
 
 def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
