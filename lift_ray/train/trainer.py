@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lift_ray.config import LiftConfig
-from lift_ray.layout import publish_adapter, write_qa_cache
+from lift_ray.layout import adapter_is_current, publish_adapter, read_manifest, write_qa_cache
 from lift_ray.models import resolve_base_model
 from lift_ray.storage import Store
 from lift_ray.train.collector import ResultCollector
@@ -90,6 +90,28 @@ class StorePublisher:
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
 
 
+def published_by_earlier_attempt(store: Store, config: LiftConfig, job: DocumentJob) -> DocumentResult | None:
+    """The result of `job` when an earlier attempt of this run already published its adapter, else None.
+
+    The plan leaves out documents whose adapter is current, so a current manifest here was written by this
+    run's worker group before it was restarted, possibly after rank 0 published but before the collector
+    heard (a node lost right then). Every rank reads it before the document's first step, and rank 0
+    publishes only after the last step, so all ranks decide alike.
+    """
+    manifest = read_manifest(store, config.storage.namespace, job.doc_id)
+    if not adapter_is_current(manifest, job.sha256, config.adapter_hash()):
+        return None
+    assert manifest is not None
+    return DocumentResult(
+        job.doc_id,
+        status="published",
+        qa_count=manifest.get("qa_count") or 0,
+        segment_count=manifest.get("segment_count") or 0,
+        quality=manifest.get("quality") or {},
+        adapter={"adapter_uri": manifest.get("adapter_uri"), "adapter_bytes": manifest.get("adapter_bytes")},
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker: base model once, then one fresh adapter per document of the run."""
     import ray
@@ -119,14 +141,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     finished = set(ray.get(collector.finished.remote()))  # from an earlier attempt of this run
     if loop_config["after_step"] is not None:
         trainer.after_step = loop_config["after_step"](rank)
+    store = Store.from_uri(config.storage.root)
     for job in jobs:
         if job.doc_id in finished:
             if job.rows is None:
                 source.take(job.doc_id)  # the feed still holds rows of a document that failed: dropped
             continue
-        result = trainer.train_document(
-            job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
-        )
+        earlier = published_by_earlier_attempt(store, config, job)
+        if earlier is not None:
+            if job.rows is None:
+                source.take(job.doc_id)
+            result = earlier
+        else:
+            result = trainer.train_document(
+                job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
+            )
         if rank == 0:
             result.load_s = trainer.load_s
             ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), "worker_entered_at": entered_at}))
