@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.config import LiftConfig, ServeConfig, add_config_arguments, load_config
 from lift_ray.corpus import Corpus, CorpusError, fail_long_documents, read_corpus
 from lift_ray.documents import Document, validate_doc_id
 from lift_ray.layout import (
@@ -43,18 +43,6 @@ DEMO_QUESTIONS = [
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-
-
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set train.epochs=3 (repeatable)",
-    )
 
 
 def start_serve(config: ServeConfig, app_name: str = "lift") -> str:
@@ -324,12 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     lift.add_argument("--output", help="local path or s3://bucket/prefix for adapters and reports (sets storage.root)")
     lift.add_argument("--run-id", help="name of the report folder _reports/<run-id> (default: UTC time + random)")
-    _config_args(lift)
+    add_config_arguments(lift)
     demo = commands.add_parser("demo", help="LIFT the bundled sample document, serve it, ask it questions")
     demo.add_argument("--port", type=int, default=8000)
-    _config_args(demo)
+    add_config_arguments(demo)
     serve_cmd = commands.add_parser("serve", help="run the Ray Serve endpoint until interrupted")
-    _config_args(serve_cmd)
+    add_config_arguments(serve_cmd)
     ask_cmd = commands.add_parser("ask", help="ask a question of a document over HTTP")
     ask_cmd.add_argument("doc_id")
     ask_cmd.add_argument("question")

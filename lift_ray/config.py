@@ -7,6 +7,7 @@ environment variables or globals on its own, except storage credentials (boto3's
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -530,6 +531,16 @@ def _format_errors(error: ValidationError, source: str) -> str:
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         lines.append(f"  {where}: {item['msg']}")
     return "\n".join(lines)
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    config_help: str = "YAML config file",
+    set_help: str = "override one setting, e.g. --set train.epochs=3 (repeatable)",
+) -> None:
+    """`--config FILE` and repeatable `--set KEY=VALUE` (into `overrides`), as every program takes them."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
 def load_config(

@@ -200,15 +200,9 @@ def _read_s3_document(uri: str, doc_id: str, buckets: BucketStores, limit: int) 
     if not limit:
         return Document.from_bytes(doc_id, store.read_bytes(key))
     # One GET: its Content-Length decides before the body is read, so an oversized object is never downloaded.
-    with store._errors("read", uri):
-        response = store.client.get_object(Bucket=store.bucket, Key=store._key(key))
-    body = response["Body"]
-    try:
-        _check_size(doc_id, int(response["ContentLength"]), limit)
-        with store._errors("read", uri):
-            data = body.read()
-    finally:
-        body.close()
+    with store.open_object(key) as (size, chunks):
+        _check_size(doc_id, size, limit)
+        data = b"".join(chunks)
     return Document.from_bytes(doc_id, data)
 
 
@@ -252,12 +246,8 @@ def _manifest_chunks(location: str, buckets: BucketStores) -> Iterator[bytes]:
     """The bytes of a manifest in chunks, from a local file or an S3 object."""
     if _is_s3(location):
         store, key = buckets.locate(location)
-        with store._errors("read", location):
-            body = store.client.get_object(Bucket=store.bucket, Key=clean_key(key))["Body"]
-        try:
-            yield from body.iter_chunks(_CHUNK_BYTES)
-        finally:
-            body.close()
+        with store.open_object(key, _CHUNK_BYTES) as (_, chunks):
+            yield from chunks
         return
     with open(location, "rb") as handle:
         yield from iter(lambda: handle.read(_CHUNK_BYTES), b"")

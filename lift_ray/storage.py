@@ -326,6 +326,27 @@ class S3Store(Store):
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return response["Body"].read()
 
+    @contextmanager
+    def open_object(self, key: str, chunk_bytes: int = 1 << 20) -> Iterator[tuple[int, Iterator[bytes]]]:
+        """One GET: the object's size (its Content-Length) and its body in chunks, read only as they are taken.
+
+        The size comes before any of the body is downloaded, so a caller can refuse an oversized object; the body
+        is closed on leaving the block. Errors are StoreError/ObjectNotFound naming the object.
+        """
+        uri = self.child_uri(key)
+        with self._errors("read", uri):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        body = response["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            with self._errors("read", uri):
+                yield from body.iter_chunks(chunk_bytes)
+
+        try:
+            yield int(response["ContentLength"]), chunks()
+        finally:
+            body.close()
+
     def write_bytes(self, key: str, data: bytes) -> None:
         """Store `data` at `key` (a single PUT, which S3 applies atomically)."""
         with self._errors("write", self.child_uri(key)):

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lift_ray.config import LiftConfig, ServeConfig, load_config, override_config
+from lift_ray.config import LiftConfig, ServeConfig, add_config_arguments, load_config, override_config
 from lift_ray.documents import Document
 from lift_ray.eval import niah
 from lift_ray.eval.config import EvalConfig, JudgeSettings, NiahSettings
@@ -539,17 +539,11 @@ FLAG_FIELDS = {
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `lift-ray eval`: `--config`/`--set`, and flags for single settings, which win over both."""
-    parser.add_argument(
-        "--config",
-        help="eval config YAML (EvalConfig; its LIFT settings under `lift:`), or a LIFT config YAML, read as `lift:`",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting: a LIFT one (--set train.epochs=3, i.e. lift.train.epochs) or an eval one "
+    add_config_arguments(
+        parser,
+        config_help="eval config YAML (EvalConfig; its LIFT settings under `lift:`), or a LIFT config YAML, read as "
+        "`lift:`",
+        set_help="override one setting: a LIFT one (--set train.epochs=3, i.e. lift.train.epochs) or an eval one "
         "(--set context_share=0.25, --set niah.instances=5); repeatable, applied after --config",
     )
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD", help=_help(EvalConfig, "methods"))
