@@ -24,6 +24,7 @@ from lift_ray.engines.openai import OpenAIChatEngine
 from lift_ray.engines.runtime import (
     available_cpus,
     cpu_list,
+    cpu_runtime_env,
     cuda_available,
     engine_runtime_env,
     iomp_library,
@@ -65,6 +66,7 @@ __all__ = [
     "VLLMChatEngine",
     "available_cpus",
     "cpu_list",
+    "cpu_runtime_env",
     "cuda_available",
     "engine_runtime_env",
     "iomp_library",

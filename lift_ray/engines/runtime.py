@@ -107,14 +107,20 @@ def prepare_vllm_process(settings: VLLMSettings) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", str(len(available_cpus())))
 
 
-def engine_runtime_env(settings: GeneratorSettings) -> dict[str, Any]:
-    """Ray `runtime_env` for a generator actor: vLLM's CPU variables and the thread count.
+def cpu_runtime_env(settings: VLLMSettings, threads: int) -> dict[str, Any]:
+    """Ray `runtime_env` for a process that runs an engine on CPU: vLLM's CPU variables and `threads` OpenMP threads.
 
-    Ray gives an actor with `num_cpus=1` `OMP_NUM_THREADS=1`, which halves CPU decoding speed;
-    `settings.cpu_threads` (0: every core of this node) overrides it. LD_PRELOAD is left out: it made
-    no difference and breaks processes that cannot find the library.
+    Ray gives an actor with `num_cpus=1` (or less) `OMP_NUM_THREADS=1`, which halves CPU decoding speed, and vLLM
+    reads its variables at import. LD_PRELOAD is left out: it made no difference and breaks processes that cannot
+    find the library.
     """
-    env = {k: v for k, v in vllm_cpu_environment(settings.vllm).items() if k != "LD_PRELOAD"}
-    if settings.num_gpus == 0:
-        env["OMP_NUM_THREADS"] = str(settings.cpu_threads or len(available_cpus()))
+    env = {k: v for k, v in vllm_cpu_environment(settings).items() if k != "LD_PRELOAD"}
+    env["OMP_NUM_THREADS"] = str(threads)
     return {"env_vars": env}
+
+
+def engine_runtime_env(settings: GeneratorSettings) -> dict[str, Any]:
+    """Ray `runtime_env` for a generator actor: on CPU, `settings.cpu_threads` threads (0: every core of this node)."""
+    if settings.num_gpus:
+        return {"env_vars": {k: v for k, v in vllm_cpu_environment(settings.vllm).items() if k != "LD_PRELOAD"}}
+    return cpu_runtime_env(settings.vllm, settings.cpu_threads or len(available_cpus()))

@@ -24,12 +24,9 @@ def deployment_options(config: ServeConfig) -> dict[str, Any]:
         "max_ongoing_requests": config.max_ongoing_requests,
     }
     if config.engine == "vllm" and config.num_gpus_per_replica == 0:
-        # vLLM on CPU reads its variables at import; Ray would also give a fractional-CPU replica one OpenMP thread.
-        from lift_ray.engines import vllm_cpu_environment
+        from lift_ray.engines import cpu_runtime_env
 
-        env = {k: v for k, v in vllm_cpu_environment(config.vllm).items() if k != "LD_PRELOAD"}
-        env["OMP_NUM_THREADS"] = str(config.torch_threads)
-        options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
+        options["ray_actor_options"]["runtime_env"] = cpu_runtime_env(config.vllm, config.torch_threads)
     if config.autoscaling is not None:
         options["autoscaling_config"] = config.autoscaling.model_dump()
     else:
