@@ -401,6 +401,25 @@ QUOTES: list[Quote] = [
             ("Training took", "lift.train_seconds_per_document", {"digits": 0, "shown": "took {} s"}),
         ],
     ),
+    # docs/evaluation.md: the long-document setting, emulated (a quarter of each document for ICL)
+    *prose(
+        "docs/evaluation.md",
+        "eval_quarter_icl.json",
+        [
+            *[
+                (row, f"{method}.{key}", {"digits": 3})
+                for row, method in [
+                    ("| ICL, a quarter of the document |", "icl"),
+                    ("| LIFT adapter, no document |", "lift"),
+                    ("| LIFT adapter + the same quarter |", "lift_icl"),
+                ]
+                for key in ("contains", "exact_match", "f1", "by_kind.paraphrase.contains")
+            ],
+            ("| ICL, a quarter of the document |", "icl.context_read_share", {"digits": 3}),
+            ("| LIFT adapter + the same quarter |", "lift_icl.context_read_share", {"digits": 3}),
+            ("LIFT + quarter ICL is", ratio("lift_icl.contains", "icl.contains"), {"digits": 2, "shown": "is {}x"}),
+        ],
+    ),
     # docs/evaluation.md: "Costs" (the grid's own cost fields are null: it reused adapters)
     *prose(
         "docs/evaluation.md",
