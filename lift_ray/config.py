@@ -221,6 +221,12 @@ class TrainSettings(_Section):
     quality_retry_epochs: int = Field(
         2, ge=0, description="quality gate: extra epochs, one at a time, before giving up"
     )
+    draft_after_epochs: int = Field(
+        0,
+        ge=0,
+        description="publish a draft adapter after this many epochs, which chat serves (marked draft) until the "
+        "final adapter replaces it; 0 or >= epochs: no draft. Does not change the final adapter (not hashed)",
+    )
     segment_tokens: int = Field(
         128, ge=16, description="finetune_raw/lift_mixed: segment length l in tokens; segments start every 3/8 l"
     )
@@ -463,6 +469,12 @@ class OnlineLiftSettings(_Section):
         "documents (up to max_batch_documents)",
     )
     max_document_bytes: int = Field(1 << 20, ge=1, description="larger documents are refused with 413")
+    draft_after_epochs: int = Field(
+        1,
+        ge=0,
+        description="online runs publish a draft adapter after this many epochs (chat serves it, marked draft, "
+        "until the final one is out), unless the LIFT config sets train.draft_after_epochs; 0: no draft",
+    )
     uri_prefixes: list[str] = Field(
         default_factory=list,
         description="`uri` documents must start with one of these (s3://bucket/prefix/ or a local folder); "

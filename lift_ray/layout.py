@@ -2,7 +2,8 @@
 
 ```
 <root>/<namespace>/<doc_id>/manifest.json        written last: a document is published iff this exists
-<root>/<namespace>/<doc_id>/adapter/...          the PEFT folder
+<root>/<namespace>/<doc_id>/adapter/...          the PEFT folder (the final adapter)
+<root>/<namespace>/<doc_id>/draft/...            a draft adapter (`train.draft_after_epochs`), until the final one
 <root>/<namespace>/<doc_id>/document.txt         the document's text (the endpoint's with_context)
 <root>/<qa_namespace>/<doc_id>/qa/<key>.jsonl    the document's QA cache, one row per sentence
 <root>/<namespace>/<doc_id>/lift_status.json     online LIFT's status record
@@ -35,6 +36,7 @@ MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DOCUMENT_TEXT_NAME = "document.txt"
 ADAPTER_FOLDER = "adapter"
+DRAFT_FOLDER = "draft"
 QA_CACHE_FOLDER = "qa"
 STATUS_NAME = "lift_status.json"
 SENTENCE_CACHE_FOLDER = "_sentence_qa"
@@ -61,6 +63,16 @@ def manifest_key(namespace: str, doc_id: str) -> str:
 def adapter_prefix(namespace: str, doc_id: str) -> str:
     """Store folder of a document's PEFT adapter: '<namespace>/<doc_id>/adapter'."""
     return f"{document_prefix(namespace, doc_id)}/{ADAPTER_FOLDER}"
+
+
+def draft_prefix(namespace: str, doc_id: str) -> str:
+    """Store folder of a document's draft adapter: '<namespace>/<doc_id>/draft'."""
+    return f"{document_prefix(namespace, doc_id)}/{DRAFT_FOLDER}"
+
+
+def manifest_adapter_prefix(namespace: str, doc_id: str, manifest: dict[str, Any]) -> str:
+    """The store folder a manifest's adapter files are in: the draft folder for a draft, else the adapter's."""
+    return draft_prefix(namespace, doc_id) if is_draft(manifest) else adapter_prefix(namespace, doc_id)
 
 
 def document_text_key(namespace: str, doc_id: str) -> str:
@@ -111,12 +123,23 @@ def report_key(run_id: str, name: str) -> str:
 # ---------------------------------------------------------------- rules
 
 
-def adapter_is_current(manifest: dict[str, Any] | None, doc_sha256: str, config_hash: str) -> bool:
-    """Whether a published manifest is of this document text (sha256) trained with this config (adapter hash).
+def is_draft(manifest: dict[str, Any] | None) -> bool:
+    """Whether a manifest is of a draft adapter (published after the first epochs; the final one replaces it)."""
+    return bool(manifest) and manifest.get("stage") == "draft"
 
-    A current adapter is not trained again: a rerun skips it, and online LIFT treats it as this run's.
-    """
+
+def is_of(manifest: dict[str, Any] | None, doc_sha256: str, config_hash: str) -> bool:
+    """Whether a manifest (final or draft) is of this document text (sha256) trained with this config."""
     return bool(manifest) and (manifest.get("doc_sha256"), manifest.get("config_hash")) == (doc_sha256, config_hash)
+
+
+def adapter_is_current(manifest: dict[str, Any] | None, doc_sha256: str, config_hash: str) -> bool:
+    """Whether a published manifest is the final adapter of this document text (sha256) with this config.
+
+    A current adapter is not trained again: a rerun skips it, and online LIFT treats it as this run's. A draft
+    is never current: a run that stopped after its draft trains the document again.
+    """
+    return is_of(manifest, doc_sha256, config_hash) and not is_draft(manifest)
 
 
 def published_at(manifest: dict[str, Any]) -> datetime | None:
@@ -131,17 +154,30 @@ def published_at(manifest: dict[str, Any]) -> datetime | None:
 
 
 def publish_adapter(
-    store: Store, namespace: str, doc_id: str, adapter_dir: Path, manifest: dict, document_text: str | None = None
+    store: Store,
+    namespace: str,
+    doc_id: str,
+    adapter_dir: Path,
+    manifest: dict,
+    document_text: str | None = None,
+    draft: bool = False,
 ) -> dict:
     """Upload an adapter folder (and the document's text, which the endpoint's `with_context` reads) and
-    then, last, its manifest; returns the manifest as written."""
-    adapter_folder = adapter_prefix(namespace, doc_id)
+    then, last, its manifest; returns the manifest as written.
+
+    A draft goes to its own folder, so the final adapter's upload never touches the files a draft manifest
+    points at: the document stays answerable (by its draft) until the final manifest replaces the draft's, and
+    the draft's files are deleted after that.
+    """
+    adapter_folder = draft_prefix(namespace, doc_id) if draft else adapter_prefix(namespace, doc_id)
     adapter_dir = Path(adapter_dir)
     files = sorted(p for p in adapter_dir.rglob("*") if p.is_file()) if adapter_dir.is_dir() else []
     if not files:
         raise ValueError(f"adapter folder {adapter_dir} has no files to publish")
-    # Manifest first, so that a republish that dies halfway leaves nothing a reader would trust.
-    store.delete(manifest_key(namespace, doc_id))
+    current = read_manifest(store, namespace, doc_id)
+    if current is not None and is_draft(current) == draft:
+        # Manifest first, so that a republish that dies halfway leaves nothing a reader would trust.
+        store.delete(manifest_key(namespace, doc_id))
     store.delete_prefix(adapter_folder)
     keys = store.upload_dir(adapter_dir, adapter_folder)
     text_fields = {}
@@ -154,12 +190,15 @@ def publish_adapter(
         "schema_version": MANIFEST_SCHEMA_VERSION,
         "namespace": namespace,
         "doc_id": doc_id,
+        "stage": "draft" if draft else "final",
         "adapter_uri": store.child_uri(adapter_folder),
         "adapter_bytes": sum(p.stat().st_size for p in files),
         "adapter_files": [key[len(adapter_folder) + 1 :] for key in keys],
         "published_at": datetime.now(UTC).isoformat(timespec="microseconds"),
     }
     store.write_json(manifest_key(namespace, doc_id), written)
+    if not draft:
+        store.delete_prefix(draft_prefix(namespace, doc_id))
     return written
 
 
@@ -216,7 +255,7 @@ def fetch_adapter(store: Store, namespace: str, doc_id: str, cache_dir: Path) ->
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
         try:
-            store.download_dir(adapter_prefix(namespace, doc_id), staging)
+            store.download_dir(manifest_adapter_prefix(namespace, doc_id, manifest), staging)
             # A republish during the download could have mixed two versions: only keep what matches the manifest.
             current = read_manifest(store, namespace, doc_id)
             if current != manifest:

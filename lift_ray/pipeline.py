@@ -180,6 +180,8 @@ def report_trained(
     timings.update({name: round(result.timings[name], 2) for name in TIMING_NAMES if name in result.timings})
     timings["model_load_s"] = round(result.load_s, 2)
     timings["ttft_s"] = round(result.recorded_at - (accepted_at or run_started), 2)
+    if "draft_at" in result.timings:  # a draft adapter was answerable this long after the document came in
+        timings["draft_s"] = round(result.timings["draft_at"] - (accepted_at or run_started), 2)
     losses = result.history.epoch_losses
     status, message, quality = result.status, result.error, result.quality or None
     if status == "published" and quality and quality.get("passed") is False:

@@ -32,7 +32,10 @@ def lift_config_for(serve_config: ServeConfig) -> LiftConfig:
             f"online_lift: the LIFT config publishes to storage.root={lift.storage.root!r} but the endpoint "
             f"reads {root!r}; leave storage.root out of the LIFT config (the endpoint's is used)"
         )
-    return lift.model_copy(update={"storage": StorageSettings(root=root, namespace=serve_config.storage.namespace)})
+    update: dict[str, object] = {"storage": StorageSettings(root=root, namespace=serve_config.storage.namespace)}
+    if "draft_after_epochs" not in lift.train.model_fields_set:
+        update["train"] = lift.train.model_copy(update={"draft_after_epochs": settings.draft_after_epochs})
+    return lift.model_copy(update=update)
 
 
 def for_namespace(config: LiftConfig, namespace: str) -> LiftConfig:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lift_ray.documents import Document
-from lift_ray.layout import adapter_is_current, online_status_key, read_manifest
+from lift_ray.layout import is_draft, is_of, online_status_key, read_manifest
 from lift_ray.online.requests import RequestRejected
 from lift_ray.report import DocumentReport
 from lift_ray.storage import Store, StoreError
@@ -47,6 +47,9 @@ RECORD_FIELDS = (
     "adapter_uri",
     "adapter_bytes",
     "final_loss",
+    "adapter_stage",
+    "draft_at",
+    "draft_s",
 )
 ADAPTER_FIELDS = ("qa_count", "adapter_uri", "adapter_bytes", "final_loss")
 Clock = Callable[[], float]
@@ -156,6 +159,7 @@ def _manifest_view(manifest: dict[str, Any], namespace: str, doc_id: str) -> dic
         finished_at=manifest.get("published_at"),
         report_status="published",
         timings={},
+        adapter_stage=manifest.get("stage", "final"),
         **adapter_fields(manifest),
     )
     return record
@@ -210,6 +214,7 @@ def final_record(
         "finished_at": at,
         "heartbeat_at": at,
         "status": "published" if report.status in ("published", "skipped") else "failed",
+        "adapter_stage": "final" if report.status in ("published", "skipped") else running.get("adapter_stage"),
         "report_status": report.status,
         "error": report.error,
         "timings": dict(report.timings),
@@ -231,22 +236,36 @@ def mark_crashed(store: Store, record: dict[str, Any], error: str, now: Clock = 
 
 
 def published_by_run(store: Store, record: dict[str, Any], now: Clock = time.time) -> dict[str, Any] | None:
-    """The `published` record of a running document whose adapter this run has published already, else None.
+    """The newer record of a running document whose adapter (or draft) this run has published, else None.
 
     A batch's documents publish one by one as they finish training; the task's final records come when the
     whole batch is done. Reading the manifest (same text and config, published after the run started) lets
-    each document's record say `published` when its adapter is servable.
+    each document's record say `published` when its adapter is servable, and, before that, when a draft
+    adapter is (`draft_at`, `draft_s` from submission; the status stays `running`).
     """
     manifest = read_manifest(store, record["namespace"], record["id"])
-    if not adapter_is_current(manifest, record["doc_sha256"], record["config_hash"]):
+    if not is_of(manifest, record["doc_sha256"], record["config_hash"]):
         return None
+    assert manifest is not None
     published, started = _seconds(manifest.get("published_at")), _seconds(record.get("started_at"))
     if published is None or started is None or published < started:
         return None
+    if is_draft(manifest):
+        if record.get("draft_at") == iso_time(published):
+            return None  # already recorded
+        submitted = _seconds(record.get("submitted_at")) or started
+        return {
+            **record,
+            "adapter_stage": "draft",
+            "draft_at": iso_time(published),
+            "draft_s": round(published - submitted, 2),
+            "heartbeat_at": iso_time(now()),
+        }
     return {  # report_status and timings come with the batch's end
         **record,
         **adapter_fields(manifest),
         "status": "published",
+        "adapter_stage": "final",
         "finished_at": iso_time(published),
         "heartbeat_at": iso_time(now()),
     }

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lift_ray.config import LiftConfig, ServeConfig
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
+from lift_ray.layout import is_draft, manifest_version
 from lift_ray.models import EMBEDDED_NAME
 from lift_ray.online import DocumentRequest, OnlineLift, RequestRejected
 from lift_ray.serving.adapters import AdapterUnusable, UnknownDocument
@@ -84,15 +85,22 @@ class AdapterModel:
         # Wired at init so the LRU size comes from the config (Serve supports this form).
         self.get_adapter = serve.multiplexed(max_num_models_per_replica=config.max_adapters_per_replica)(attach)
 
-    async def _attach(self, key: str) -> str:
-        """Bring the adapter into memory; which tier it came from ('memory', 'disk' or 'store')."""
-        if key in self.service.attached:
+    async def _attach(self, key: str, version: str | None = None) -> str:
+        """Bring the adapter into memory (the `version` the ingress saw, if given); which tier it came from
+        ('memory', 'disk' or 'store')."""
+        attached = self.service.attached.get(key)
+        # Only a draft is swapped for a newer version: a republished final adapter stays until evicted.
+        if attached is not None and (
+            version is None or not is_draft(attached) or manifest_version(attached) == version
+        ):
             await self.get_adapter(key)  # marks it most recently used
             return "memory"
         # Download outside Serve's loader lock (it serialises loads): cold adapters of different documents
         # come from the store in parallel, and concurrent requests for one share a download.
         fetched = await asyncio.to_thread(self.service.fetcher.fetch, *split_key(key))
-        await self.get_adapter(key)
+        await self.get_adapter(key)  # attaches it, unless Serve still holds this document's older version
+        if self.service.attached_version(key) != manifest_version(fetched.manifest):
+            await asyncio.to_thread(self.service.attach, *split_key(key), manifest_version(fetched.manifest))
         return fetched.source
 
     async def generate(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -103,7 +111,7 @@ class AdapterModel:
         try:
             for attempt in range(_ATTACH_TRIES):
                 if key is not None:
-                    source = await self._attach(key)
+                    source = await self._attach(key, request.adapter_version)
                 load_ms = round((time.perf_counter() - started) * 1000, 1)
                 chunks = self.service.stream(request)
                 try:
@@ -121,7 +129,8 @@ class AdapterModel:
         except AdapterUnusable as exc:
             yield {"status": 500, "error": str(exc), "type": "adapter_unusable"}
             return
-        yield {"status": 200, "adapter_source": source, "adapter_load_ms": load_ms}
+        stage = "base" if key is None else (self.service.attached.get(key) or {}).get("stage", "final")
+        yield {"status": 200, "adapter_source": source, "adapter_load_ms": load_ms, "adapter_stage": stage}
         chunk = first
         while chunk is not None:
             yield {
@@ -167,18 +176,20 @@ class OpenAIIngress:
         except Unauthorized as exc:
             raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
-    async def _resolve(self, namespace: str, model: str) -> str | None:
-        """None for the base model, else the document id; 404 unless it is published in `namespace`."""
+    async def _resolve(self, namespace: str, model: str) -> tuple[str | None, str | None]:
+        """(None, None) for the base model, else the document id and its manifest's version; 404 unless it is
+        published in `namespace`."""
         if model in self.base_names:
-            return None
+            return None, None
         try:
             validate_doc_id(model)
         except InvalidDocumentId as exc:  # invalid for every tenant alike: saying why leaks nothing
             raise HTTPException(404, f"the model {model!r} does not exist: {exc}") from None
-        if await asyncio.to_thread(self.index.lookup, namespace, model) is None:
+        manifest = await asyncio.to_thread(self.index.lookup, namespace, model)
+        if manifest is None:
             # The same answer whether the id is unknown, invalid or another tenant's: existence does not leak.
             raise HTTPException(404, f"the model {model!r} does not exist: no LIFTed document with that id")
-        return model
+        return model, manifest_version(manifest)
 
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -239,7 +250,7 @@ class OpenAIIngress:
         kind: Kind,
     ) -> Any:
         namespace = self._namespace(request)
-        doc_id = await self._resolve(namespace, body.model)
+        doc_id, version = await self._resolve(namespace, body.model)
         answer = AnswerRequest(
             namespace=namespace,
             doc_id=doc_id,
@@ -249,6 +260,7 @@ class OpenAIIngress:
             temperature=body.temperature or 0.0,
             seed=body.seed,
             with_context=body.with_context,
+            adapter_version=version,
         )
         model_id = adapter_key(namespace, doc_id) if doc_id is not None else ""
         handle = self.model.options(multiplexed_model_id=model_id, stream=True)
@@ -261,6 +273,7 @@ class OpenAIIngress:
         headers = {
             "X-Lift-Adapter-Source": status["adapter_source"],
             "X-Lift-Adapter-Ms": str(status["adapter_load_ms"]),
+            "X-Lift-Adapter-Stage": status["adapter_stage"],  # draft | final | base
         }
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)

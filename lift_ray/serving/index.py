@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
-from lift_ray.layout import MANIFEST_NAME, read_manifest
+from lift_ray.layout import MANIFEST_NAME, is_draft, read_manifest
 from lift_ray.storage import Store
 
 _READERS = 16  # manifests read at once when a listing finds new documents
@@ -26,9 +26,16 @@ class ManifestIndex:
     """Manifests by namespace and document id: a cached listing refreshed on a TTL."""
 
     def __init__(
-        self, store: Store, ttl_s: float = 30.0, miss_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store,
+        ttl_s: float = 30.0,
+        miss_ttl_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        draft_ttl_s: float = 1.0,
     ) -> None:
         self.store, self.ttl_s, self.miss_ttl_s, self.clock = store, ttl_s, miss_ttl_s, clock
+        self.draft_ttl_s = draft_ttl_s
+        self._draft_read_at: dict[tuple[str, str], float] = {}
         self._documents: dict[str, dict[str, dict[str, Any]]] = {}
         self._listed_at: dict[str, float] = {}
         self._misses: dict[tuple[str, str], float] = {}
@@ -46,11 +53,12 @@ class ManifestIndex:
                 for parts in (key.split("/") for key in self.store.list_keys(namespace))
                 if len(parts) == 3 and parts[2] == MANIFEST_NAME
             }
-            new = sorted(doc_ids - set(known))
+            # New documents, and drafts seen before (their final adapter replaces them soon).
+            new = sorted((doc_ids - set(known)) | {d for d in doc_ids & set(known) if is_draft(known[d])})
             with ThreadPoolExecutor(max_workers=_READERS) as pool:
                 manifests = pool.map(lambda doc_id: read_manifest(self.store, namespace, doc_id), new)
                 fresh = dict(zip(new, manifests, strict=True))
-            documents = {doc_id: known.get(doc_id) or fresh.get(doc_id) for doc_id in sorted(doc_ids)}
+            documents = {doc_id: fresh.get(doc_id) or known.get(doc_id) for doc_id in sorted(doc_ids)}
             documents = {doc_id: manifest for doc_id, manifest in documents.items() if manifest is not None}
             self._documents[namespace] = documents
             self._listed_at[namespace] = self.clock()
@@ -71,7 +79,7 @@ class ManifestIndex:
         except InvalidDocumentId:
             return None
         manifest = self._documents.get(namespace, {}).get(doc_id)
-        if manifest is not None:
+        if manifest is not None and not self._draft_due(namespace, doc_id, manifest):
             return manifest
         missed_at = self._misses.get((namespace, doc_id))
         if missed_at is not None and self.clock() - missed_at < self.miss_ttl_s:
@@ -84,6 +92,17 @@ class ManifestIndex:
                 self._misses.pop((namespace, doc_id), None)
                 self._documents.setdefault(namespace, {})[doc_id] = manifest
         return manifest
+
+    def _draft_due(self, namespace: str, doc_id: str, manifest: dict[str, Any]) -> bool:
+        """Whether a cached draft manifest is older than `draft_ttl_s` (then it is read again)."""
+        if not is_draft(manifest):
+            return False
+        read_at = self._draft_read_at.get((namespace, doc_id))
+        now = self.clock()
+        if read_at is not None and now - read_at < self.draft_ttl_s:
+            return False
+        self._draft_read_at[(namespace, doc_id)] = now
+        return True
 
     def forget_miss(self, namespace: str, doc_id: str) -> None:
         """Drop a remembered miss, so the next `lookup` reads the manifest (a document just published)."""

@@ -104,7 +104,7 @@ def model_list(namespace: str, manifests: list[dict[str, Any]]) -> dict[str, Any
                 "owned_by": namespace,
                 "lift": {key: manifest.get(key) for key in MODEL_FIELDS}
                 | {"rank": (manifest.get("lora") or {}).get("rank"), "with_context": "document_text" in manifest}
-                | {"quality": manifest.get("quality")},
+                | {"quality": manifest.get("quality"), "stage": manifest.get("stage", "final")},
             }
         )
     return {"object": "list", "data": data}

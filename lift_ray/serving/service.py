@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from lift_ray.config import ServeConfig
 from lift_ray.eval.harness import CONTEXT_PROMPT, truncated_context
-from lift_ray.layout import read_document_text
+from lift_ray.layout import manifest_version, read_document_text
 from lift_ray.serving.adapters import AdapterFetcher, AdapterUnusable, UnknownDocument
 from lift_ray.serving.engines import Chunk, GenerationRequest, ServingEngine, make_serving_engine
 from lift_ray.storage import Store
@@ -56,6 +56,7 @@ class AnswerRequest:
     temperature: float = 0.0
     seed: int | None = None
     with_context: bool = False
+    adapter_version: str | None = None  # the manifest version the ingress saw (None: whatever is attached)
 
 
 @dataclass
@@ -99,14 +100,22 @@ class AdapterService:
 
     # -- adapters
 
-    def attach(self, namespace: str, doc_id: str) -> Attached:
-        """Make the adapter of `doc_id` answerable: UnknownDocument or AdapterUnusable if it cannot be."""
+    def attach(self, namespace: str, doc_id: str, version: str | None = None) -> Attached:
+        """Make the adapter of `doc_id` answerable: UnknownDocument or AdapterUnusable if it cannot be.
+
+        With `version` (a `manifest_version`), an attached adapter of another version (a draft whose final
+        adapter is out) is swapped for the current one, unless a request is still generating with it: then it
+        answers this request too and is swapped on a later one.
+        """
         key = adapter_key(namespace, doc_id)
         started = time.perf_counter()
         with self._lock:
             if key in self.attached:
-                self.attached.move_to_end(key)
-                return Attached(key, 0.0, "memory")
+                if version is None or self.attached_version(key) == version or self._in_use.get(key):
+                    self.attached.move_to_end(key)
+                    return Attached(key, 0.0, "memory")
+                self.engine.remove_adapter(key)  # an older version nobody is generating with
+                del self.attached[key]
         fetched = self.fetcher.fetch(namespace, doc_id)
         with self._lock:
             if key in self.attached:
@@ -129,6 +138,11 @@ class AdapterService:
         seconds = time.perf_counter() - started
         log.info("attached %s from %s in %.3f s", key, fetched.source, seconds)
         return Attached(key, seconds, fetched.source)
+
+    def attached_version(self, key: str) -> str | None:
+        """The `manifest_version` of the adapter attached under `key`, or None when none is."""
+        manifest = self.attached.get(key)
+        return None if manifest is None else manifest_version(manifest)
 
     def detach(self, namespace: str, doc_id: str) -> None:
         """Free the adapter of `doc_id` from memory (its files stay in the disk tier)."""

@@ -603,14 +603,36 @@ class AdapterTrainer:
                 time.sleep(self.config.train.poll_s)
                 result.timings["wait_s"] = result.timings.get("wait_s", 0.0) + time.perf_counter() - started
 
+    def publish_draft(
+        self, job: DocumentJob, epochs_done: int, on_draft: AdapterHook | None, result: DocumentResult
+    ) -> None:
+        """Rank 0, after exactly `train.draft_after_epochs` epochs of more: hand the adapter so far to `on_draft`.
+
+        A draft that fails to publish is logged and left out; the document goes on to its final adapter.
+        """
+        draft_after = self.config.train.draft_after_epochs
+        if not (on_draft and self.collective.rank == 0 and 0 < draft_after == epochs_done < self.config.train.epochs):
+            return
+        started = time.perf_counter()
+        try:
+            save_and_hand_over(self.model, self.config.model.dtype, job, on_draft, result)
+        except Exception:
+            log.exception("%s: publishing the draft failed; training goes on", job.doc_id)
+            return
+        result.timings["draft_at"] = time.time()
+        result.timings["draft_publish_s"] = time.perf_counter() - started
+        log.info("%s: draft published after %d epochs", job.doc_id, epochs_done)
+
     def train_document(
         self,
         job: DocumentJob,
         source: RowSource | None = None,
         on_rows: RowsHook | None = None,
         on_adapter: AdapterHook | None = None,
+        on_draft: AdapterHook | None = None,
     ) -> DocumentResult:
-        """Fresh adapter, epochs over the document's examples, then (rank 0) save it and hand it to `on_adapter`.
+        """Fresh adapter, epochs over the document's examples, then (rank 0) save it and hand it to `on_adapter`
+        (and, after `train.draft_after_epochs` epochs, to `on_draft`).
 
         Rows come from `job.rows`, or, when that is None, from `source` during epoch 1 (streaming). Every rank
         must call this for the same jobs in the same order.
@@ -657,11 +679,13 @@ class AdapterTrainer:
         if not examples or lacks_qa_pairs(result.qa_count, self.config.train.variant):
             result.status, result.error = "failed", no_pairs_error(result.counters)
             return result
+        self.publish_draft(job, first_epoch, on_draft, result)
         for epoch in range(first_epoch, epochs):
             losses = self._shuffled_epoch(examples + self.guard_for_epoch(epoch), epoch, result)
             self.share_teachers()
             result.history.step_losses.extend(losses)
             result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
+            self.publish_draft(job, epoch + 1, on_draft, result)
         if self.config.train.variant != "finetune_raw" and self.config.train.holdout_share > 0:
             gate_started = time.perf_counter()
             self.quality_gate(rows, examples, result)
@@ -670,15 +694,13 @@ class AdapterTrainer:
         result.history.seconds = result.timings["train_s"]
         if collective.rank == 0:
             publish_started = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix=f"lift-{job.doc_id}-") as tmp:
-                adapter_dir = save_adapter(self.model, Path(tmp) / "adapter", self.config.model.dtype)
-                if on_adapter is not None:
-                    try:
-                        result.adapter = on_adapter(job, adapter_dir, result)
-                        result.status = "published"
-                    except Exception as exc:  # one document's publishing failure must not stop the others
-                        log.exception("%s: publishing failed", job.doc_id)
-                        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+            if on_adapter is not None:
+                try:
+                    result.adapter = save_and_hand_over(self.model, self.config.model.dtype, job, on_adapter, result)
+                    result.status = "published"
+                except Exception as exc:  # one document's publishing failure must not stop the others
+                    log.exception("%s: publishing failed", job.doc_id)
+                    result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
             result.timings["publish_s"] = time.perf_counter() - publish_started
         result.timings["done_at"] = time.time()
         result.timings["overhead_s"] = (
@@ -686,6 +708,14 @@ class AdapterTrainer:
         )
         log.info("%s: trained (%s)", job.doc_id, {k: round(v, 2) for k, v in result.timings.items()})
         return result
+
+
+def save_and_hand_over(
+    model: Any, dtype: str, job: DocumentJob, hook: AdapterHook, result: DocumentResult
+) -> dict[str, Any]:
+    """Save the adapter in a temporary folder and hand it to `hook` (which publishes or copies it)."""
+    with tempfile.TemporaryDirectory(prefix=f"lift-{job.doc_id}-") as tmp:
+        return hook(job, save_adapter(model, Path(tmp) / "adapter", dtype), result)
 
 
 def train_adapter_locally(

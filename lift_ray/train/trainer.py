@@ -89,6 +89,21 @@ class StorePublisher:
         )
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
 
+    def draft(self, job: DocumentJob, adapter_dir: Path, result: DocumentResult) -> dict[str, Any]:
+        """Publish the adapter after the first epochs as a draft (served until the final one replaces it)."""
+        epochs_done = len(result.history.epoch_losses)
+        manifest = {**adapter_manifest(self.config, job, result), "draft_after_epochs": epochs_done}
+        manifest = publish_adapter(
+            self.store,
+            self.config.storage.namespace,
+            job.doc_id,
+            adapter_dir,
+            manifest,
+            document_text=job.text or None,
+            draft=True,
+        )
+        return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
+
 
 def published_by_earlier_attempt(store: Store, config: LiftConfig, job: DocumentJob) -> DocumentResult | None:
     """The result of `job` when an earlier attempt of this run already published its adapter, else None.
@@ -154,7 +169,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             result = earlier
         else:
             result = trainer.train_document(
-                job, source, publisher.rows if publisher else None, publisher.adapter if publisher else None
+                job,
+                source,
+                publisher.rows if publisher else None,
+                publisher.adapter if publisher else None,
+                publisher.draft if publisher else None,
             )
         if rank == 0:
             result.load_s = trainer.load_s

@@ -10,7 +10,7 @@ import pytest
 
 from lift_ray.config import ServeConfig, StorageSettings
 from lift_ray.eval.harness import CUT_MARKER
-from lift_ray.layout import publish_adapter
+from lift_ray.layout import manifest_version, publish_adapter
 from lift_ray.serving import AdapterService, AdapterUnusable, AnswerRequest, BadRequest, GenerationRequest, HFPeftEngine
 from lift_ray.storage import Store
 from testkit.bench_adapters import write_random_adapter
@@ -138,3 +138,32 @@ def test_an_adapter_that_does_not_fit_the_model_fails_alone(service, embedded_mo
         service.attach(NAMESPACE, "wrong")
     service.attach(NAMESPACE, "doc0")
     assert service.answer(AnswerRequest(NAMESPACE, "doc0", QUESTION, max_new_tokens=4)).completion_tokens == 4
+
+
+def test_a_draft_in_memory_is_swapped_for_the_final_adapter_once_no_answer_uses_it(service, adapters, tmp_path):
+    store = service.store
+    publish_adapter(
+        store, NAMESPACE, "fresh", adapters["doc1"], {"system_prompt": "You are a helpful assistant."}, draft=True
+    )
+    assert service.attach(NAMESPACE, "fresh").source == "store"
+    draft_answer = generate(service.engine, "default/fresh")
+    final = publish_adapter(
+        store, NAMESPACE, "fresh", adapters["doc2"], {"system_prompt": "You are a helpful assistant."}
+    )
+    assert service.attach(NAMESPACE, "fresh").source == "memory"  # no version asked: what is attached
+    # Asked for the final version while an answer still streams from the draft: the draft answers this one too.
+    chunks = service.stream(AnswerRequest(NAMESPACE, "fresh", QUESTION, max_new_tokens=6))
+    next(chunks)
+    assert service.attach(NAMESPACE, "fresh", manifest_version(final)).source == "memory"
+    assert service.attached["default/fresh"]["stage"] == "draft"
+    list(chunks)
+    swapped = service.attach(NAMESPACE, "fresh", manifest_version(final))
+    assert swapped.source == "store" and service.attached["default/fresh"]["stage"] == "final"
+    assert generate(service.engine, "default/fresh") == generate_with(service, "doc2")
+    assert generate(service.engine, "default/fresh") != draft_answer
+
+
+def generate_with(service: AdapterService, doc_id: str) -> str:
+    """The answer of a published document's adapter, attached under its own name."""
+    service.attach(NAMESPACE, doc_id)
+    return generate(service.engine, f"default/{doc_id}")
