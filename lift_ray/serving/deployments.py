@@ -4,6 +4,7 @@
 tier; `OpenAIIngress` authenticates, checks that the document exists, routes by document and speaks the
 OpenAI API (`openai_api.py`); online LIFT's routes hand over to `lift_ray.online.OnlineLift`. The HTTP
 routes are declared in `ROUTES` and put on a FastAPI app by `ingress_class`, as `ray.serve.llm` does.
+`GET /` and `GET /ui` answer the try-it page, `web/index.html` (package data), whose script uses only the API.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -48,6 +50,7 @@ from lift_ray.storage import Store
 
 log = logging.getLogger(__name__)
 _ATTACH_TRIES = 3
+PAGE_PATHS = ("/", "/ui")
 
 
 # ---------------------------------------------------------------- the model replicas
@@ -194,6 +197,11 @@ class OpenAIIngress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    async def page(self) -> HTMLResponse:
+        """The try-it page; it says whether online LIFT is on, and asks for the API key before any call."""
+        html = page_html().replace("__ONLINE_LIFT__", "false" if self.online is None else "true")
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
     async def models(self, request: Request) -> dict[str, Any]:
         namespace = self._namespace(request)
         manifests = await asyncio.to_thread(self.index.documents, namespace)
@@ -282,9 +290,27 @@ class OpenAIIngress:
         return JSONResponse(await completion_reply(replies, reply, body.model, kind), headers=headers)
 
 
+@functools.cache
+def page_html() -> str:
+    """The try-it page's HTML, shipped as package data (`lift_ray/serving/web/index.html`)."""
+    return (resources.files("lift_ray.serving") / "web" / "index.html").read_text(encoding="utf-8")
+
+
+def _page_route(app: FastAPI) -> Callable[[Any], Any]:
+    """The page's decorator: a GET at each of `PAGE_PATHS`, HTML, left out of the OpenAPI schema."""
+
+    def route(method: Any) -> Any:
+        for path in PAGE_PATHS:
+            app.get(path, response_class=HTMLResponse, include_in_schema=False)(method)
+        return method
+
+    return route
+
+
 # The ingress's HTTP routes: method name -> the FastAPI route decorator it gets.
 ROUTES: dict[str, Callable[[FastAPI], Callable[[Any], Any]]] = {
     "healthz": lambda app: app.get("/healthz"),
+    "page": _page_route,
     "models": lambda app: app.get("/v1/models"),
     "submit_document": lambda app: app.post("/v1/documents", response_model=None),
     "document_status": lambda app: app.get("/v1/documents/{doc_id}"),
