@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -200,3 +201,26 @@ def test_a_corrupt_adapter_fails_alone_and_the_replica_stays_healthy(endpoint):
     assert reply["error"]["type"] == "server_error"
     assert call(endpoint, "/healthz")[0] == 200
     assert chat(endpoint, "a1")[0] == 200
+
+
+def test_a_draft_is_answered_marked_draft_until_its_final_adapter_replaces_it(
+    endpoint, s3_store_root, embedded_model_dir, tmp_path
+):
+    store = Store.from_uri(s3_store_root)
+    manifest = {"system_prompt": "You are a helpful assistant."}
+    draft = write_random_adapter(embedded_model_dir, tmp_path / "draft", rank=8, seed=6, strength=2)
+    final = write_random_adapter(embedded_model_dir, tmp_path / "final", rank=8, seed=7, strength=2)
+    publish_adapter(store, "tenant-a", "drafted", draft, manifest, draft=True)
+    publish_adapter(store, "tenant-a", "final-ref", final, manifest)  # the final weights under another id
+
+    status, headers, reply = chat(endpoint, "drafted")
+    assert status == 200 and headers["x-lift-adapter-stage"] == "draft"
+    models = {m["id"]: m for m in call(endpoint, "/v1/models", key=KEY_A)[2]["data"]}
+    assert models["drafted"]["lift"]["stage"] == "draft" and models["a1"]["lift"]["stage"] == "final"
+    assert chat(endpoint, "base")[1]["x-lift-adapter-stage"] == "base"
+
+    publish_adapter(store, "tenant-a", "drafted", final, manifest)  # the final adapter: no moment without one
+    time.sleep(1.5)  # the ingress reads a draft's manifest again after a second
+    status, headers, after = chat(endpoint, "drafted")
+    assert status == 200 and headers["x-lift-adapter-stage"] == "final"
+    assert content(after) == content(chat(endpoint, "final-ref")[2])  # the final weights answer now

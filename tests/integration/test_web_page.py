@@ -28,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from lift_ray.client import wait_until_healthy
 from lift_ray.config import OnlineLiftSettings, ServeConfig, StorageSettings, TenantSettings
+from testkit.chat_stub import ChatStub, serving
 
 from .test_online_lift import LIFT_CONFIG, PUBLISH_TIMEOUT_S
 from .test_serve import call
@@ -54,20 +55,35 @@ DOCUMENT = "The Quell bridge over the river Sarn opened in 1903. Its engineer wa
 QUESTION = "Who was the engineer of the Quell bridge?"
 # test_online_lift's tiny LIFT, with more and larger steps on its few pairs (seconds) so that the adapter's
 # answer in the screenshot has a chance to differ from the base model's; the test does not require it to.
+# Online runs publish a draft after the first epoch (online_lift.draft_after_epochs), which the page shows.
 TRAIN = {**LIFT_CONFIG["train"], "epochs": 8, "learning_rate": 3e-3}
+# The page is under test, not the generator: a stand-in that answers at once with a pair about the document
+# (testkit.chat_stub, an OpenAI-compatible server on loopback) instead of minutes of CPU generation.
+STUB_PAIRS = '[{"question": "Who was the engineer of the Quell bridge?", "answer": "Mara Lind of Tovik"}]'
 UI_WAIT_S = 120  # page loads, model lists and answers (two generations on a busy 2-core machine)
 
 
 @pytest.fixture(scope="module")
 def endpoint(serve_url, s3_store_root, embedded_model_dir, tmp_path_factory) -> Iterator[str]:
     """An app on the running Serve proxy with one tenant and online LIFT on (tiny LIFT config, no batch window)."""
+    folder = tmp_path_factory.mktemp("web-page")
+    with serving() as start:
+        generator = {
+            **LIFT_CONFIG["generator"],
+            "engine": "openai",
+            "openai": {"base_url": start(ChatStub(reply=STUB_PAIRS))},
+        }
+        lift = {**LIFT_CONFIG, "generator": generator, "train": TRAIN, "work_dir": str(folder / "work")}
+        lift_yaml = folder / "lift.yaml"
+        lift_yaml.write_text(yaml.safe_dump(lift))
+        yield from _app(serve_url, s3_store_root, folder, lift_yaml)
+
+
+def _app(serve_url: str, s3_store_root: str, folder: Path, lift_yaml: Path) -> Iterator[str]:
     from ray import serve
 
     from serve.app import build_app
 
-    folder = tmp_path_factory.mktemp("web-page")
-    lift_yaml = folder / "lift.yaml"
-    lift_yaml.write_text(yaml.safe_dump({**LIFT_CONFIG, "train": TRAIN, "work_dir": str(folder / "work")}))
     config = ServeConfig(
         storage=StorageSettings(root=s3_store_root, namespace=NAMESPACE),
         adapter_cache_dir=folder / "adapter-cache",
@@ -165,10 +181,13 @@ def test_post_watch_and_ask_through_the_page(endpoint, browser, tmp_path):
     )
     seen = [item.get_attribute("data-status") for item in browser.find_elements(By.CSS_SELECTOR, "#status-history li")]
     assert final == "published", f"{final}: {text_of(browser, 'status-error')}"
-    assert seen[0] == "queued" and seen[-1] == "published" and set(seen) <= {"queued", "running", "published"}, seen
+    assert seen[0] == "queued" and seen[-1] == "published", seen
+    assert set(seen) <= {"queued", "running", "draft", "published"}, seen
     assert text_of(browser, "status-id") == DOC_ID and "QA pairs" in text_of(browser, "status-details")
     status, _, record = call(endpoint, f"/v1/documents/{DOC_ID}", key=KEY)  # the page showed the API's record
-    assert status == 200 and record["status"] == "published", record
+    assert status == 200 and record["status"] == "published" and record["adapter_stage"] == "final", record
+    timings = record["timings"]
+    assert 0 < timings["draft_s"] <= timings["ttft_s"], timings  # a draft was answerable before the final adapter
 
     select = browser.find_element(By.ID, "model-select")
     wait_for(browser, lambda d: select.get_attribute("value") == DOC_ID, what="the document offered to ask")
