@@ -246,6 +246,13 @@ class TrainSettings(_Section):
     use_gpu: bool = False
     max_failures: int = Field(2, ge=0, description="worker-group restarts (Ray Train FailureConfig) before giving up")
     poll_s: float = Field(0.05, gt=0, description="how long workers sleep when no batch is ready in epoch 1")
+    scale_up_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="streaming on an autoscaling cluster: when generator and trainers do not fit in what is free, "
+        "ask the autoscaler for their bundles (request_resources) and wait up to this long for nodes to join "
+        "before generating first and training after; 0: decide from what is free now",
+    )
     health_check_interval_s: float = Field(
         0.25,
         gt=0,

@@ -313,19 +313,55 @@ def stage_resources(config: LiftConfig) -> dict[str, float]:
     }
 
 
-def streaming_fits(config: LiftConfig) -> bool:
-    """Whether the cluster has room right now for generator actors and trainer workers side by side.
+def stage_bundles(config: LiftConfig) -> list[dict[str, float]]:
+    """The resource bundles of generator actors and trainer workers, as the autoscaler is asked for them."""
+    generator, train = config.generator, config.train
+    actor = {"CPU": generator.num_cpus, "GPU": generator.num_gpus}
+    worker = {"CPU": train.cpus_per_worker, "GPU": 1.0 if train.use_gpu else 0.0}
+    bundles = [actor] * generator.num_replicas + [worker] * train.num_workers
+    return [{k: v for k, v in bundle.items() if v} for bundle in bundles]
+
+
+def _missing(needed: dict[str, float], free: dict[str, float]) -> dict[str, float]:
+    return {k: v - free.get(k, 0.0) for k, v in needed.items() if v > free.get(k, 0.0) + 1e-9}
+
+
+def streaming_fits(config: LiftConfig, poll_s: float = 2.0) -> bool:
+    """Whether the cluster has room for generator actors and trainer workers side by side.
 
     Streaming needs both stages at once; where they do not fit, the generator would wait for the
     trainer's resources while the trainer waits for its data, forever. Then the run generates first
-    and trains after (`train.pipeline=sequential`), and says so.
+    and trains after (`train.pipeline=sequential`), and says so. On an autoscaling cluster that starts
+    small (every worker group of cluster.yaml and the KubeRay files starts at 0), what is free at start is
+    not what the cluster can have: with `train.scale_up_wait_s` > 0 the run asks the autoscaler for the
+    stages' bundles (`ray.autoscaler.sdk.request_resources`) and waits that long for them to be free.
     """
     import ray
 
     needed = stage_resources(config)
-    available = ray.available_resources()
-    missing = {k: v - available.get(k, 0.0) for k, v in needed.items() if v > available.get(k, 0.0) + 1e-9}
+    missing = _missing(needed, ray.available_resources())
+    wait_s = config.train.scale_up_wait_s
+    if missing and wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        log.info(
+            "streaming needs %s at once; asking the autoscaler for %s and waiting up to %.0f s",
+            {k: round(v, 2) for k, v in needed.items() if v},
+            stage_bundles(config),
+            wait_s,
+        )
+        request_resources(bundles=stage_bundles(config))
+        deadline = time.monotonic() + wait_s
+        try:
+            while missing and time.monotonic() < deadline:
+                time.sleep(poll_s)
+                missing = _missing(needed, ray.available_resources())
+        finally:
+            request_resources(bundles=[])  # once placed, the stages hold their nodes themselves
+        if not missing:
+            log.info("the cluster has room for both stages: training while generating")
     if missing:
+        available = ray.available_resources()
         log.warning(
             "train.pipeline=streaming needs %s at once but only %s is free; generating first, then training",
             {k: round(v, 2) for k, v in needed.items() if v},

@@ -349,10 +349,11 @@ def corpus_factory(s3_server: str, tmp_path: Path):
     """Makes a Corpus in a new bucket with a job config for `namespace`."""
     import boto3
 
-    def make(namespace: str, documents: dict[str, str]) -> tuple[Corpus, LiftConfig]:
+    def make(namespace: str, documents: dict[str, str], **train: Any) -> tuple[Corpus, LiftConfig]:
         bucket = f"lift-mn-{uuid.uuid4().hex[:12]}"
         boto3.client("s3").create_bucket(Bucket=bucket)
         data = json.loads(json.dumps(JOB_CONFIG))
+        data["train"].update(train)
         data["storage"] = {"namespace": namespace}
         data["work_dir"] = str(tmp_path / "work")
         config_path = tmp_path / f"{namespace}.yaml"
@@ -496,3 +497,34 @@ def test_stopped_job_resubmitted_finishes_the_rest_without_redoing_any(
     ]
     assert len({a.node_id for a in workers}) == 2, [(a.class_name, a.node_id) for a in workers]
     print(f"stopped after {len(before)} documents; the resubmission: {summary['counts']}")
+
+
+def test_a_node_that_joins_after_the_job_started_lets_it_train_while_generating(
+    cluster: LocalCluster, job_client: Any, corpus_factory: Any, s3_server: str
+) -> None:
+    """An autoscaling cluster starts small: the job asks for room (request_resources) and waits for a node to
+    join (`ray start` mid-run, standing in for a scale-up) instead of deciding from what is free at its start."""
+    for name in [n for n in cluster.nodes if n != "head" and n not in cluster.killed]:
+        cluster.kill_node(name)
+    deadline = time.monotonic() + 180
+    while len(cluster.alive_nodes()) > 1:  # Ray declares the node dead after its health checks fail
+        assert time.monotonic() < deadline, "the killed node never left the cluster"
+        time.sleep(1.0)
+    documents = dict(list(DOCUMENTS.items())[:2])
+    corpus, config = corpus_factory("scale-up", documents, scale_up_wait_s=300)
+    job_id = _submit(job_client, corpus, "scale-up", s3_server)
+    deadline = time.monotonic() + 180
+    while "asking the autoscaler" not in job_client.get_job_logs(job_id):  # 1.3 CPUs of stages, 1 CPU here
+        assert not job_client.get_job_status(job_id).is_terminal(), job_client.get_job_logs(job_id)[-4000:]
+        assert time.monotonic() < deadline, "the job never asked for room"
+        time.sleep(1.0)
+    assert corpus.published() == {}
+    cluster.add_node(f"worker-{uuid.uuid4().hex[:4]}", num_cpus=1)  # the scale-up
+
+    assert _wait(job_client, job_id) == "SUCCEEDED"
+    logs = job_client.get_job_logs(job_id)
+    assert "training while generating" in logs and "generating first, then training" not in logs
+    report = corpus.report("scale-up")
+    for doc_id in documents:
+        corpus.check_adapter(doc_id, config.adapter_hash())
+        assert report[doc_id]["status"] == "published", report[doc_id]

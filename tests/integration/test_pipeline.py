@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -84,10 +85,16 @@ def test_full_path_publishes_and_a_rerun_redoes_nothing(ray_cluster, pipeline_co
 
 
 def test_streaming_falls_back_to_sequential_when_both_stages_do_not_fit(ray_cluster, lift_config):
-    from lift_ray.pipeline import stage_resources, streaming_fits
+    from lift_ray.pipeline import stage_bundles, stage_resources, streaming_fits
 
     # The default CPU config (1 CPU per generator actor and per trainer worker) needs 3.25 CPUs at once.
     defaults = LiftConfig()
     assert stage_resources(defaults) == {"CPU": 3.25, "GPU": 0}
     assert not streaming_fits(defaults)  # this Ray instance has 2 CPUs
     assert stage_resources(lift_config)["CPU"] <= 2
+    # Asked to wait for a scale-up that never comes (no autoscaler here): it waits that long, then falls back.
+    waiting = defaults.model_copy(update={"train": defaults.train.model_copy(update={"scale_up_wait_s": 1.0})})
+    started = time.monotonic()
+    assert not streaming_fits(waiting, poll_s=0.2)
+    assert 1.0 <= time.monotonic() - started < 30
+    assert stage_bundles(defaults) == [{"CPU": 1.0}, {"CPU": 1.0}, {"CPU": 1.0}]  # one actor, two workers
