@@ -48,7 +48,16 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     accepted_at = time.time()
     ensure_ray()
     store = Store.from_uri(config.storage.root)
+    planning = time.perf_counter()
     plan = plan_lift(documents, config, store)
+    log.info(
+        "planned %d documents in %.2f s: %d to train (%d to generate), %d skipped or failed",
+        len(documents),
+        time.perf_counter() - planning,
+        len(plan.to_train),
+        len(plan.to_generate),
+        len(documents) - len(plan.to_train),
+    )
     if plan.to_generate and not streams(config):
         generate_first(plan, config, store)
     jobs = training_jobs(plan, config)
