@@ -240,6 +240,12 @@ class TrainSettings(_Section):
     use_gpu: bool = False
     max_failures: int = Field(2, ge=0, description="worker-group restarts (Ray Train FailureConfig) before giving up")
     poll_s: float = Field(0.05, gt=0, description="how long workers sleep when no batch is ready in epoch 1")
+    feed_max_rows: int = Field(
+        4096,
+        ge=0,
+        description="streaming: the row feed holds at most about this many generated rows of documents not yet "
+        "finished; generation waits beyond it (unless the document being trained still lacks rows); 0: no bound",
+    )
     health_check_interval_s: float = Field(
         0.25,
         gt=0,
