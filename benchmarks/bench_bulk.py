@@ -244,6 +244,11 @@ def _log_seconds(logs: str, pattern: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _log_int(logs: str, pattern: str) -> int | None:
+    match = re.search(pattern, logs)
+    return int(match.group(1)) if match else None
+
+
 def measure(runner: Runner, documents: int) -> dict[str, Any]:
     """One run of `documents` documents from scratch: the figures of one table row."""
     bucket = Bucket(documents)
@@ -276,7 +281,7 @@ def measure(runner: Runner, documents: int) -> dict[str, Any]:
         "first_adapter_s": round(first - submitted_at, 1),
         "read_s": summary.get("read_s"),
         "plan_s": _log_seconds(logs, r"planned \d+ documents in ([0-9.]+) s"),
-        "feed_peak_rows": _log_seconds(logs, r"row feed: at most (\d+) rows held"),
+        "feed_peak_rows": _log_int(logs, r"row feed: at most (\d+) rows held"),
     }
     figures["per_doc_overhead_s"] = figures["overhead_s_per_document"]  # the issue's name for it
     log.info("%s", figures)
@@ -354,11 +359,13 @@ def write_docs(entries: dict[str, Any], device: str) -> None:
             run["documents"],
             run["wall_s"],
             run["documents_per_hour"],
+            run["compute_s"],
             run["overhead_s_per_document"],
             run["read_s"],
             run["plan_s"],
             run["driver_peak_mb"],
             run["feed_peak_mb"],
+            run.get("feed_peak_rows") or "not logged",
             run["first_adapter_s"],
         ]
         for label, entry in entries.items()
@@ -370,15 +377,25 @@ def write_docs(entries: dict[str, Any], device: str) -> None:
         "documents",
         "wall (s)",
         "documents/hour",
+        "steps (s)",
         "overhead/document (s)",
         "read (s)",
         "plan (s)",
         "driver peak (MiB)",
         "RowFeed peak (MiB)",
+        "RowFeed peak rows",
         "first adapter (s)",
     ]
     checks = [
-        [label, c["setup"], c["documents"], c["published_at_stop"], c["resume_wall_s"], c["redone"], c["duplicated"]]
+        [
+            f"{label}, stopped at half",
+            c["setup"],
+            c["documents"],
+            c["published_at_stop"],
+            c["resume_wall_s"],
+            c["redone"],
+            c["duplicated"],
+        ]
         for label, entry in entries.items()
         if (c := entry.get("interruption"))
     ]
