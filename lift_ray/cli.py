@@ -113,14 +113,17 @@ def run_summary(
     started_at: datetime,
     total_s: float,
     read_failures: int = 0,
+    read_s: float | None = None,
 ) -> dict[str, Any]:
-    """Counts per status, throughput, and what the run was given (config hash, inputs, output)."""
+    """Counts per status, throughput, how long reading the inputs took, and what the run was given (config hash,
+    inputs, output)."""
     counts = {status: sum(row["status"] == status for row in rows) for status in REPORT_STATUSES}
     hours = total_s / 3600
     return {
         "run_id": run_id,
         "started_at": started_at.isoformat(timespec="seconds"),
         "total_s": round(total_s, 2),
+        "read_s": round(read_s, 2) if read_s is not None else None,
         "documents": len(rows),
         "counts": counts,
         "read_failures": read_failures,
@@ -165,11 +168,14 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
         _error(f"cannot use output {config.storage.root!r}: {exc}")
         return 2
     say = lambda message: print(message, flush=True)  # noqa: E731
+    read_started = time.perf_counter()
     try:
         corpus = read_corpus(inputs, progress=say, max_document_bytes=config.corpus.max_document_bytes)
     except CorpusError as exc:
         _error(str(exc))
         return 2
+    read_s = time.perf_counter() - read_started
+    say(f"inputs read in {read_s:.2f} s")
     if not corpus.documents and not corpus.failures:
         _error(f"no documents found in {list(inputs)}")
         return 2
@@ -194,6 +200,7 @@ def run_lift(config: LiftConfig, inputs: Sequence[str], run_id: str | None = Non
         started_at=started_at,
         total_s=time.perf_counter() - started,
         read_failures=len(corpus.failures),
+        read_s=read_s,
     )
     print(f"summary: {summary['counts']} in {summary['total_s']} s", flush=True)
     try:

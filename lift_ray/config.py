@@ -253,6 +253,12 @@ class TrainSettings(_Section):
         "ask the autoscaler for their bundles (request_resources) and wait up to this long for nodes to join "
         "before generating first and training after; 0: decide from what is free now",
     )
+    feed_max_rows: int = Field(
+        4096,
+        ge=0,
+        description="streaming: the row feed holds at most about this many generated rows of documents not yet "
+        "finished; generation waits beyond it (unless the document being trained still lacks rows); 0: no bound",
+    )
     health_check_interval_s: float = Field(
         0.25,
         gt=0,

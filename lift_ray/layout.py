@@ -21,6 +21,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,9 @@ REPORT_NAME = "report.jsonl"
 SUMMARY_NAME = "summary.json"
 COMPLETE_MARKER = ".lift-ray-complete"
 FETCH_ATTEMPTS = 3
+# From this many documents on, a run lists the namespace once (`manifest_ids`) instead of asking for each
+# document's manifest and QA cache; for fewer, asking costs less than listing a namespace of many adapters.
+LISTING_MIN_DOCUMENTS = 32
 
 
 # ---------------------------------------------------------------- keys
@@ -221,21 +225,38 @@ def read_document_text(store: Store, namespace: str, doc_id: str) -> str | None:
         return None
 
 
+def manifest_ids(keys: Iterable[str], namespace: str) -> set[str]:
+    """The ids of the documents with a manifest among `keys` (a listing of `namespace`'s folder)."""
+    return {
+        parts[1]
+        for parts in (key.split("/") for key in keys)
+        if len(parts) == 3 and parts[0] == namespace and parts[2] == MANIFEST_NAME
+    }
+
+
 def list_manifests(store: Store, namespace: str) -> list[dict]:
     """The manifests of every published document in a namespace, sorted by document id."""
     validate_doc_id(namespace, "namespace")
-    doc_ids = sorted(
-        parts[1]
-        for parts in (key.split("/") for key in store.list_keys(namespace))
-        if len(parts) == 3 and parts[2] == MANIFEST_NAME
-    )
     manifests = []
-    for doc_id in doc_ids:
+    for doc_id in sorted(manifest_ids(store.list_keys(namespace), namespace)):
         # A document unpublished between listing and reading is simply skipped.
         manifest = read_manifest(store, namespace, doc_id)
         if manifest is not None:
             manifests.append(manifest)
     return manifests
+
+
+def read_manifests(store: Store, namespace: str, doc_ids: Iterable[str], threads: int = 16) -> dict[str, dict]:
+    """doc id -> manifest for each of `doc_ids` that has one (read `threads` at a time; a missing one is left out).
+
+    For many documents: list the namespace once (`manifest_ids`), then read only the manifests that exist.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = sorted(set(doc_ids))
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(wanted)))) as pool:
+        found = pool.map(lambda doc_id: read_manifest(store, namespace, doc_id), wanted)
+        return {doc_id: manifest for doc_id, manifest in zip(wanted, found, strict=True) if manifest is not None}
 
 
 def manifest_version(manifest: dict) -> str:
@@ -289,9 +310,20 @@ def _move_into_place(staging: Path, target: Path) -> Path:
 # ---------------------------------------------------------------- QA cache
 
 
-def read_qa_cache(store: Store, key: str) -> list[dict[str, Any]] | None:
-    """The rows of a document's QA cache, or None when there is none."""
-    return read_json_lines(store, key) if store.exists(key) else None
+def read_qa_cache(store: Store, key: str, listed: set[str] | None = None) -> list[dict[str, Any]] | None:
+    """The rows of a document's QA cache, or None when there is none.
+
+    `listed`: the keys of a listing that covers `key`'s folder, made earlier; then a key not in it is not asked
+    for (no request), and one in it is read (None if it went away since).
+    """
+    if listed is None:
+        return read_json_lines(store, key) if store.exists(key) else None
+    if key not in listed:
+        return None
+    try:
+        return read_json_lines(store, key)
+    except ObjectNotFound:
+        return None
 
 
 def write_qa_cache(store: Store, key: str, rows: list[dict[str, Any]]) -> None:

@@ -19,7 +19,16 @@ from typing import Any
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document, DocumentError, sentence_rows
-from lift_ray.layout import adapter_is_current, qa_cache_path, read_manifest, read_qa_cache, write_qa_cache
+from lift_ray.layout import (
+    LISTING_MIN_DOCUMENTS,
+    adapter_is_current,
+    manifest_ids,
+    qa_cache_path,
+    read_manifest,
+    read_manifests,
+    read_qa_cache,
+    write_qa_cache,
+)
 from lift_ray.report import DocumentReport
 from lift_ray.storage import Store
 from lift_ray.train.dataset import (
@@ -48,7 +57,16 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     accepted_at = time.time()
     ensure_ray()
     store = Store.from_uri(config.storage.root)
+    planning = time.perf_counter()
     plan = plan_lift(documents, config, store)
+    log.info(
+        "planned %d documents in %.2f s: %d to train (%d to generate), %d skipped or failed",
+        len(documents),
+        time.perf_counter() - planning,
+        len(plan.to_train),
+        len(plan.to_generate),
+        len(documents) - len(plan.to_train),
+    )
     if plan.to_generate and not streams(config):
         generate_first(plan, config, store)
     jobs = training_jobs(plan, config)
@@ -74,12 +92,28 @@ class LiftPlan:
 
 
 def plan_lift(documents: list[Document], config: LiftConfig, store: Store) -> LiftPlan:
-    """Skip documents whose adapter is current, fail empty ones, and find each other document's QA cache."""
+    """Skip documents whose adapter is current, fail empty ones, and find each other document's QA cache.
+
+    For `LISTING_MIN_DOCUMENTS` documents or more, what exists is decided from one listing of the namespace
+    (and of the QA namespace, if another), and only manifests and QA caches that exist are read (manifests
+    16 at a time); for fewer, each document's manifest and QA cache are asked for one by one, which costs
+    less than listing a namespace of many adapters.
+    """
     plan = LiftPlan(config.storage.qa_namespace or config.storage.namespace)
     config_hash = config.adapter_hash()
+    namespace = config.storage.namespace
+    listed = existing_keys(store, {namespace, plan.qa_namespace}, len(documents))
+    if listed is None:
+        manifests = {}
+        for document in documents:
+            if (manifest := read_manifest(store, namespace, document.doc_id)) is not None:
+                manifests[document.doc_id] = manifest
+    else:
+        with_manifest = manifest_ids(listed, namespace)
+        manifests = read_manifests(store, namespace, [d.doc_id for d in documents if d.doc_id in with_manifest])
     for document in documents:
         plan.reports[document.doc_id] = DocumentReport(document.doc_id, status="pending")
-        manifest = read_manifest(store, config.storage.namespace, document.doc_id)
+        manifest = manifests.get(document.doc_id)
         if manifest is not None and adapter_is_current(manifest, document.sha256, config_hash):
             plan.reports[document.doc_id] = DocumentReport(
                 document.doc_id, status="skipped", adapter_uri=manifest.get("adapter_uri")
@@ -93,7 +127,7 @@ def plan_lift(documents: list[Document], config: LiftConfig, store: Store) -> Li
             log.warning("%s: %s", document.doc_id, exc)
             continue
         plan.to_train.append(document)
-        rows = cached_rows(document, config, store, plan.qa_namespace)
+        rows = cached_rows(document, config, store, plan.qa_namespace, listed)
         if rows is None:
             plan.to_generate.append(document)
         else:
@@ -102,12 +136,24 @@ def plan_lift(documents: list[Document], config: LiftConfig, store: Store) -> Li
     return plan
 
 
-def cached_rows(document: Document, config: LiftConfig, store: Store, qa_namespace: str) -> list[dict] | None:
-    """A document's QA rows without generating: none needed (`finetune_raw`), or a complete QA cache; else None."""
+def existing_keys(store: Store, namespaces: set[str], documents: int) -> set[str] | None:
+    """Every key under `namespaces` (one listing each) for `LISTING_MIN_DOCUMENTS` documents or more, else None."""
+    if documents < LISTING_MIN_DOCUMENTS:
+        return None
+    return {key for namespace in sorted(namespaces) for key in store.list_keys(namespace)}
+
+
+def cached_rows(
+    document: Document, config: LiftConfig, store: Store, qa_namespace: str, listed: set[str] | None = None
+) -> list[dict] | None:
+    """A document's QA rows without generating: none needed (`finetune_raw`), or a complete QA cache; else None.
+
+    `listed`: a listing of the QA namespace made earlier (then a cache not in it is not asked for).
+    """
     if config.train.variant == "finetune_raw":  # raw segments only: no QA needed
         return []
     key = qa_cache_path(qa_namespace, document, config)
-    cached = read_qa_cache(store, key)
+    cached = read_qa_cache(store, key, listed)
     if cached is None:
         return None
     missing = missing_sentences(cached, document, config)

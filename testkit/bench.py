@@ -162,3 +162,73 @@ def cpu_shares(
         "worker_cpu_share": round(sum(measured) / len(measured) / span, 3),
         "other_cpu_cores": round(others / span, 3),
     }
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    """A `kB` field of /proc/<pid>/status (VmHWM: peak resident set; VmRSS: now), or None if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class ProcessMemorySampler:
+    """Peak resident memory of chosen processes (Linux `/proc`), sampled on a thread every `interval_s`.
+
+    `roles` maps a name to a test of a process's command line (and pid: `accept(pid, command)`); a process
+    is tested at each sample until it matches (a Ray worker takes its actor's name after it starts), so a
+    test that looks beyond the command line should cache what it finds. Each role's peak is the largest
+    `VmHWM` (the kernel's own high-water mark of the process's resident set, so nothing between two samples
+    is missed) of any process it matched.
+    """
+
+    def __init__(self, roles: dict[str, Callable[[int, str], bool]], interval_s: float = 0.5) -> None:
+        self.roles, self.interval_s = roles, interval_s
+        self.peak_kb: dict[str, int] = {}
+        self.pids: dict[str, set[int]] = {name: set() for name in roles}
+        self._matched: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        """Look at every process once: match new ones, update the peaks of matched ones still alive."""
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in self._matched:
+                continue
+            pid = int(entry.name)
+            command = _command_line(pid)
+            for name, accept in self.roles.items():
+                if command and accept(pid, command):
+                    self.pids[name].add(pid)
+                    self._matched.add(pid)
+        for name, pids in self.pids.items():
+            for pid in pids:
+                peak = _status_kb(pid, "VmHWM")
+                if peak is not None:
+                    self.peak_kb[name] = max(self.peak_kb.get(name, 0), peak)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def __enter__(self) -> ProcessMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_mb(self, name: str) -> float | None:
+        """The role's peak resident memory in MiB, or None if no process of it was seen."""
+        return round(self.peak_kb[name] / 1024, 1) if name in self.peak_kb else None

@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from lift_ray.config import LiftConfig
-from lift_ray.layout import adapter_is_current, publish_adapter, read_manifest, write_qa_cache
+from lift_ray.layout import (
+    LISTING_MIN_DOCUMENTS,
+    adapter_is_current,
+    manifest_ids,
+    publish_adapter,
+    read_manifest,
+    write_qa_cache,
+)
 from lift_ray.models import resolve_base_model
 from lift_ray.storage import Store
 from lift_ray.train.collector import ResultCollector
@@ -105,14 +112,28 @@ class StorePublisher:
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
 
 
-def published_by_earlier_attempt(store: Store, config: LiftConfig, job: DocumentJob) -> DocumentResult | None:
+def published_ids(store: Store, config: LiftConfig, jobs: int) -> set[str] | None:
+    """The ids of the namespace's published documents from one listing, for runs of `LISTING_MIN_DOCUMENTS`
+    jobs or more (else None: each job's manifest is asked for)."""
+    if jobs < LISTING_MIN_DOCUMENTS:
+        return None
+    return manifest_ids(store.list_keys(config.storage.namespace), config.storage.namespace)
+
+
+def published_by_earlier_attempt(
+    store: Store, config: LiftConfig, job: DocumentJob, listed: set[str] | None = None
+) -> DocumentResult | None:
     """The result of `job` when an earlier attempt of this run already published its adapter, else None.
 
     The plan leaves out documents whose adapter is current, so a current manifest here was written by this
     run's worker group before it was restarted, possibly after rank 0 published but before the collector
     heard (a node lost right then). Every rank reads it before the document's first step, and rank 0
-    publishes only after the last step, so all ranks decide alike.
+    publishes only after the last step, so all ranks decide alike. `listed`: the published ids from a listing
+    made when the worker started (`published_ids`): an earlier attempt's adapters are in it, and a document
+    not in it is not asked for.
     """
+    if listed is not None and job.doc_id not in listed:
+        return None
     manifest = read_manifest(store, config.storage.namespace, job.doc_id)
     if not adapter_is_current(manifest, job.sha256, config.adapter_hash()):
         return None
@@ -157,12 +178,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if loop_config["after_step"] is not None:
         trainer.after_step = loop_config["after_step"](rank)
     store = Store.from_uri(config.storage.root)
+    listed = published_ids(store, config, len(jobs))
     for job in jobs:
         if job.doc_id in finished:
             if job.rows is None:
-                source.take(job.doc_id)  # the feed still holds rows of a document that failed: dropped
+                source.take(job.doc_id)  # the feed may still hold its rows (a restart came before forget): dropped
+                if rank == 0:
+                    feed.forget.remote(job.doc_id)
             continue
-        earlier = published_by_earlier_attempt(store, config, job)
+        earlier = published_by_earlier_attempt(store, config, job, listed)
         if earlier is not None:
             if job.rows is None:
                 source.take(job.doc_id)
@@ -178,8 +202,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             result.load_s = trainer.load_s
             ray.get(collector.record.remote(job.doc_id, {**result.to_dict(), "worker_entered_at": entered_at}))
-            if feed is not None and result.status == "published":
-                feed.forget.remote(job.doc_id)
+            if feed is not None and job.rows is None:
+                feed.forget.remote(job.doc_id)  # finished (published or failed): a restart skips it
     ray.train.report({"documents": len(jobs)})
 
 
@@ -238,7 +262,16 @@ def train_documents_on_ray(
     collector = ray.remote(num_cpus=0)(ResultCollector).options(scheduling_strategy=on_driver_node).remote()
     feed, stop_pump, pump = None, threading.Event(), None
     if stream is not None:
-        feed = ray.remote(num_cpus=0)(RowFeed).options(scheduling_strategy=on_driver_node).remote()
+        streamed = [job for job in jobs if job.rows is None]
+        feed = (
+            ray.remote(num_cpus=0)(RowFeed)
+            .options(scheduling_strategy=on_driver_node)
+            .remote(
+                config.train.feed_max_rows,
+                [job.doc_id for job in streamed],
+                {job.doc_id: job.expected_rows for job in streamed},
+            )
+        )
         pump = threading.Thread(target=pump_rows, args=(stream, feed, stop_pump), name="lift-row-pump", daemon=True)
         pump.start()
     run_name = run_name or f"lift-{config.adapter_hash()}-{int(time.time() * 1000)}"
@@ -274,6 +307,11 @@ def train_documents_on_ray(
         stop_pump.set()
     if pump is not None:
         pump.join()
+        log.info(
+            "row feed: at most %d rows held (train.feed_max_rows=%d)",
+            ray.get(feed.peak.remote()),
+            config.train.feed_max_rows,
+        )
         ray.kill(feed)
     results = ray.get(collector.results.remote())
     for doc_id, count in ray.get(collector.publishes.remote()).items():

@@ -408,3 +408,45 @@ def test_documents_with_more_sentences_than_the_limit_fail_with_their_count(loca
         "raise the limit to LIFT it"
     )
     assert [d.doc_id for d in corpus.documents] == ["good-one"] and corpus.failures[-1] == failure
+
+
+def test_s3_documents_are_read_in_parallel_and_come_out_in_order(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from lift_ray.storage import S3Store
+
+    bucket = s3_bucket[len("s3://") :]
+    client = boto3.client("s3")
+    expected_ids, bad = [], []
+    for i in range(40):
+        name = f"d{i:02d}"
+        body = b"" if i % 9 == 4 else f"Document {i} says the ferry left at {i} o'clock.".encode()
+        client.put_object(Bucket=bucket, Key=f"many/{name}.txt", Body=body)
+        (bad if not body else expected_ids).append(name)
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    read_bytes = S3Store.read_bytes
+
+    def slow_read(self: S3Store, key: str) -> bytes:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time.sleep(0.05)  # a GET's network wait
+            return read_bytes(self, key)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(S3Store, "read_bytes", slow_read)
+    parallel = read_corpus([f"{s3_bucket}/many/"], threads=8)
+    assert peak[0] > 1  # GETs overlapped (wall time is no proof on a busy machine)
+    assert [d.doc_id for d in parallel.documents] == expected_ids  # input (key) order
+    assert [f.doc_id for f in parallel.failures] == bad and all("empty" in f.reason for f in parallel.failures)
+    peak[0] = 0
+    one_by_one = read_corpus([f"{s3_bucket}/many/"], threads=1)
+    assert peak[0] == 1
+    assert [(d.doc_id, d.text) for d in one_by_one.documents] == [(d.doc_id, d.text) for d in parallel.documents]
+    assert one_by_one.failures == parallel.failures and one_by_one.sources == parallel.sources

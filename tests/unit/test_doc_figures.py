@@ -249,6 +249,34 @@ QUOTES: list[Quote] = [
             "| mean TTFT, one run each / batched (s) |": ["per_document_runs.mean_ttft_s", "batched_run.mean_ttft_s"],
         },
     ),
+    *table(
+        "bulk",
+        {
+            f"| {label} | ChatStub generator, tiny random model | {size} |": [
+                f"entries.{label}.runs.{index}.{key}"
+                for key in (
+                    "wall_s",
+                    "documents_per_hour",
+                    "compute_s",
+                    "overhead_s_per_document",
+                    "read_s",
+                    "plan_s",
+                    "driver_peak_mb",
+                    "feed_peak_mb",
+                    "first_adapter_s",
+                    *(("feed_peak_rows",) if label == "after" else ()),  # not logged before the bound
+                )
+            ]
+            for label in ("before", "after")
+            for index, size in enumerate((100, 1000))
+        }
+        | {
+            "| after, stopped at half |": [
+                f"entries.after.interruption.{key}"
+                for key in ("documents", "published_at_stop", "resume_wall_s", "redone", "duplicated")
+            ],
+        },
+    ),
     # docs/benchmarks.md, the notes written by hand beside the generated sections
     *prose(
         BENCH,

@@ -35,3 +35,28 @@ def test_an_adapter_published_by_an_earlier_attempt_is_taken_not_trained(tmp_pat
     assert result.quality == {"holdout_score": 1.0}
     other_text = DocumentJob("harbour", sha256="changed")
     assert published_by_earlier_attempt(store, config, other_text) is None  # the document changed: train it
+
+
+def test_a_worker_of_a_large_run_lists_the_namespace_once_instead_of_a_read_per_document(tmp_path: Path) -> None:
+    from lift_ray.layout import LISTING_MIN_DOCUMENTS
+    from lift_ray.storage import LocalStore
+    from lift_ray.train.trainer import published_ids
+
+    class CountingStore(LocalStore):
+        reads = 0
+
+        def read_bytes(self, key: str) -> bytes:
+            CountingStore.reads += 1
+            return super().read_bytes(key)
+
+    config = LiftConfig(storage={"root": str(tmp_path / "store"), "namespace": "ns"})
+    store = CountingStore(config.storage.root)
+    jobs = [DocumentJob(f"doc{i}", sha256=f"sha{i}") for i in range(LISTING_MIN_DOCUMENTS)]
+    publish(store, config, jobs[3], tmp_path, config.adapter_hash())  # by an earlier attempt
+    assert published_ids(store, config, len(jobs) - 1) is None  # a small run asks per document
+    listed = published_ids(store, config, len(jobs))
+    assert listed == {"doc3"}
+    CountingStore.reads = 0
+    results = [published_by_earlier_attempt(store, config, job, listed) for job in jobs]
+    assert [r is not None for r in results] == [job.doc_id == "doc3" for job in jobs]
+    assert CountingStore.reads == 1  # only the manifest that exists
