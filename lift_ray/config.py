@@ -325,6 +325,11 @@ class StorageSettings(_Section):
         description="namespace whose QA caches this run reads and writes (default: `namespace`); runs that train "
         "other recipes into other namespaces from the same QA share it (its key holds every generator setting)",
     )
+    progress: bool = Field(
+        False,
+        description="write each document's progress (sentences generated, epochs trained) to "
+        "<namespace>/<doc_id>/lift_progress.json; online LIFT turns it on for its status",
+    )
 
 
 class LiftConfig(_Section):

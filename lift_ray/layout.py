@@ -7,6 +7,7 @@
 <root>/<namespace>/<doc_id>/document.txt         the document's text (the endpoint's with_context)
 <root>/<qa_namespace>/<doc_id>/qa/<key>.jsonl    the document's QA cache, one row per sentence
 <root>/<namespace>/<doc_id>/lift_status.json     online LIFT's status record
+<root>/<namespace>/<doc_id>/lift_progress.json   sentences generated and epochs trained (storage.progress)
 <root>/_sentence_qa/<namespace>/<key>.json       the sentence QA cache (generator.sentence_cache)
 <root>/_reports/<run_id>/{report.jsonl,summary.json}   a `lift-ray lift` run's report
 ```
@@ -40,6 +41,7 @@ ADAPTER_FOLDER = "adapter"
 DRAFT_FOLDER = "draft"
 QA_CACHE_FOLDER = "qa"
 STATUS_NAME = "lift_status.json"
+PROGRESS_NAME = "lift_progress.json"
 SENTENCE_CACHE_FOLDER = "_sentence_qa"
 REPORTS_FOLDER = "_reports"
 REPORT_NAME = "report.jsonl"
@@ -87,6 +89,25 @@ def document_text_key(namespace: str, doc_id: str) -> str:
 def online_status_key(namespace: str, doc_id: str) -> str:
     """Store key of a document's online LIFT status record: '<namespace>/<doc_id>/lift_status.json'."""
     return f"{document_prefix(namespace, doc_id)}/{STATUS_NAME}"
+
+
+def progress_key(namespace: str, doc_id: str) -> str:
+    """Store key of a document's progress: '<namespace>/<doc_id>/lift_progress.json'."""
+    return f"{document_prefix(namespace, doc_id)}/{PROGRESS_NAME}"
+
+
+def write_progress(store: Store, namespace: str, doc_id: str, progress: dict[str, Any]) -> None:
+    """Store a document's progress (`lift_ray.progress.ProgressWriter` decides when)."""
+    store.write_json(progress_key(namespace, doc_id), progress)
+
+
+def read_progress(store: Store, namespace: str, doc_id: str) -> dict[str, Any] | None:
+    """A document's progress, or None when none was written."""
+    try:
+        progress = store.read_json(progress_key(namespace, doc_id))
+    except ObjectNotFound:
+        return None
+    return progress if isinstance(progress, dict) else None
 
 
 def qa_cache_key(document: Document, config: LiftConfig) -> str:

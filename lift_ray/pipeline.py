@@ -29,6 +29,7 @@ from lift_ray.layout import (
     read_qa_cache,
     write_qa_cache,
 )
+from lift_ray.progress import ProgressWriter
 from lift_ray.report import DocumentReport
 from lift_ray.storage import Store
 from lift_ray.train.dataset import (
@@ -172,7 +173,11 @@ def streams(config: LiftConfig) -> bool:
 def generate_first(plan: LiftPlan, config: LiftConfig, store: Store) -> None:
     """Generate the QA of every document that needs it, before training; cache each document's rows."""
     started = time.perf_counter()
-    generated = generate_qa(plan.to_generate, config)
+    progress = None
+    if config.storage.progress:
+        expected = {document.doc_id: sentence_count(document, config) for document in plan.to_generate}
+        progress = ProgressWriter(store, config.storage.namespace, expected)
+    generated = generate_qa(plan.to_generate, config, progress)
     elapsed = round(time.perf_counter() - started, 2)
     for document in plan.to_generate:
         plan.known_rows[document.doc_id] = generated[document.doc_id]
@@ -328,11 +333,15 @@ def build_qa_stream(documents: list[Document], config: LiftConfig) -> Any:
     )
 
 
-def generate_qa(documents: list[Document], config: LiftConfig) -> dict[str, list[dict[str, Any]]]:
+def generate_qa(
+    documents: list[Document], config: LiftConfig, progress: ProgressWriter | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Ray Data: split documents into sentence rows, run generator actors over them; rows grouped by doc id."""
     by_document: dict[str, list[dict[str, Any]]] = {d.doc_id: [] for d in documents}
     for row in build_qa_stream(documents, config).iter_rows():
         by_document[row["doc_id"]].append(dict(row))
+        if progress is not None:
+            progress.rows([row])
     for rows in by_document.values():
         rows.sort(key=lambda r: r["sentence_index"])
     return by_document

@@ -32,7 +32,8 @@ def lift_config_for(serve_config: ServeConfig) -> LiftConfig:
             f"online_lift: the LIFT config publishes to storage.root={lift.storage.root!r} but the endpoint "
             f"reads {root!r}; leave storage.root out of the LIFT config (the endpoint's is used)"
         )
-    update: dict[str, object] = {"storage": StorageSettings(root=root, namespace=serve_config.storage.namespace)}
+    storage = StorageSettings(root=root, namespace=serve_config.storage.namespace, progress=True)
+    update: dict[str, object] = {"storage": storage}
     if "draft_after_epochs" not in lift.train.model_fields_set:
         update["train"] = lift.train.model_copy(update={"draft_after_epochs": settings.draft_after_epochs})
     return lift.model_copy(update=update)
@@ -40,4 +41,4 @@ def lift_config_for(serve_config: ServeConfig) -> LiftConfig:
 
 def for_namespace(config: LiftConfig, namespace: str) -> LiftConfig:
     """`config` publishing into the tenant's `namespace`."""
-    return config.model_copy(update={"storage": StorageSettings(root=config.storage.root, namespace=namespace)})
+    return config.model_copy(update={"storage": config.storage.model_copy(update={"namespace": namespace})})

@@ -17,7 +17,7 @@ import ray
 
 from lift_ray.config import LiftConfig
 from lift_ray.documents import Document
-from lift_ray.layout import read_manifest
+from lift_ray.layout import read_manifest, read_progress
 from lift_ray.online.status import (
     HEARTBEAT_S,
     Clock,
@@ -64,6 +64,11 @@ class _Watcher:
     def _look(self, i: int, record: dict[str, Any], beat: bool) -> None:
         try:
             early = published_by_run(self.store, record, self.now)
+            progress = read_progress(self.store, record["namespace"], record["id"])
+            if early is None and progress is not None and progress != record.get("progress"):
+                early = {**record, "progress": progress, "heartbeat_at": iso_time(self.now())}
+            elif early is not None and progress is not None:
+                early = {**early, "progress": progress}
             if early is not None:
                 self.running[i] = early
                 write_status(self.store, early)

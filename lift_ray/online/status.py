@@ -50,6 +50,7 @@ RECORD_FIELDS = (
     "adapter_stage",
     "draft_at",
     "draft_s",
+    "progress",
 )
 ADAPTER_FIELDS = ("qa_count", "adapter_uri", "adapter_bytes", "final_loss")
 Clock = Callable[[], float]

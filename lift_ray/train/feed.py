@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -132,8 +132,15 @@ def wait_for_room(feed: Any, stop: threading.Event, poll_s: float = 0.05) -> boo
     return True
 
 
-def pump_rows(stream: Any, feed: Any, stop: threading.Event, poll_s: float = 0.05) -> None:
-    """Iterates the generator's Ray Dataset into `feed`, one block at a time, until done or `stop` is set.
+def pump_rows(
+    stream: Any,
+    feed: Any,
+    stop: threading.Event,
+    poll_s: float = 0.05,
+    on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> None:
+    """Iterates the generator's Ray Dataset into `feed`, one block at a time, until done or `stop` is set;
+    `on_rows` (progress) sees each block once the feed has it.
 
     Before each block it waits until the feed has room (`RowFeed.has_room`): while it waits it takes no
     more blocks, so Ray Data's own backpressure stops the generator once its output buffers are full.
@@ -147,7 +154,10 @@ def pump_rows(stream: Any, feed: Any, stop: threading.Event, poll_s: float = 0.0
             if not wait_for_room(feed, stop, poll_s):
                 error = "the training run ended before generation finished"
                 break
-            ray.get(feed.append.remote(batch.to_pylist()))
+            rows = batch.to_pylist()
+            ray.get(feed.append.remote(rows))
+            if on_rows is not None:
+                on_rows(rows)
             if stop.is_set():
                 error = "the training run ended before generation finished"
                 break

@@ -630,9 +630,11 @@ class AdapterTrainer:
         on_rows: RowsHook | None = None,
         on_adapter: AdapterHook | None = None,
         on_draft: AdapterHook | None = None,
+        on_epoch: Callable[[DocumentJob, int, int], None] | None = None,
     ) -> DocumentResult:
         """Fresh adapter, epochs over the document's examples, then (rank 0) save it and hand it to `on_adapter`
-        (and, after `train.draft_after_epochs` epochs, to `on_draft`).
+        (and, after `train.draft_after_epochs` epochs, to `on_draft`); rank 0 calls `on_epoch(job, done, total)`
+        after each epoch.
 
         Rows come from `job.rows`, or, when that is None, from `source` during epoch 1 (streaming). Every rank
         must call this for the same jobs in the same order.
@@ -679,12 +681,17 @@ class AdapterTrainer:
         if not examples or lacks_qa_pairs(result.qa_count, self.config.train.variant):
             result.status, result.error = "failed", no_pairs_error(result.counters)
             return result
+        report_epoch = on_epoch if on_epoch is not None and collective.rank == 0 else None
+        if report_epoch and first_epoch:
+            report_epoch(job, first_epoch, epochs)
         self.publish_draft(job, first_epoch, on_draft, result)
         for epoch in range(first_epoch, epochs):
             losses = self._shuffled_epoch(examples + self.guard_for_epoch(epoch), epoch, result)
             self.share_teachers()
             result.history.step_losses.extend(losses)
             result.history.epoch_losses.append(sum(losses) / max(1, len(losses)))
+            if report_epoch:
+                report_epoch(job, epoch + 1, epochs)
             self.publish_draft(job, epoch + 1, on_draft, result)
         if self.config.train.variant != "finetune_raw" and self.config.train.holdout_share > 0:
             gate_started = time.perf_counter()

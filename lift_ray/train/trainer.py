@@ -34,6 +34,7 @@ from lift_ray.layout import (
     write_qa_cache,
 )
 from lift_ray.models import resolve_base_model
+from lift_ray.progress import ProgressWriter
 from lift_ray.storage import Store
 from lift_ray.train.collector import ResultCollector
 from lift_ray.train.feed import RowFeed, feed_rows, pump_rows
@@ -82,6 +83,7 @@ class StorePublisher:
     def __init__(self, config: LiftConfig) -> None:
         self.config = config
         self.store = Store.from_uri(config.storage.root)
+        self.progress = ProgressWriter(self.store, config.storage.namespace) if config.storage.progress else None
 
     def rows(self, job: DocumentJob, rows: list[dict[str, Any]]) -> None:
         """The QA cache of a document whose rows were streamed to the workers (the driver never saw them)."""
@@ -95,6 +97,11 @@ class StorePublisher:
             self.store, self.config.storage.namespace, job.doc_id, adapter_dir, manifest, document_text=job.text or None
         )
         return {"adapter_uri": manifest["adapter_uri"], "adapter_bytes": manifest["adapter_bytes"]}
+
+    def epoch(self, job: DocumentJob, done: int, total: int) -> None:
+        """`done` of `total` epochs of the document trained (written only with `storage.progress`)."""
+        if self.progress is not None:
+            self.progress.epoch(job.doc_id, done, total)
 
     def draft(self, job: DocumentJob, adapter_dir: Path, result: DocumentResult) -> dict[str, Any]:
         """Publish the adapter after the first epochs as a draft (served until the final one replaces it)."""
@@ -198,6 +205,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 publisher.rows if publisher else None,
                 publisher.adapter if publisher else None,
                 publisher.draft if publisher else None,
+                publisher.epoch if publisher else None,
             )
         if rank == 0:
             result.load_s = trainer.load_s
@@ -272,7 +280,17 @@ def train_documents_on_ray(
                 {job.doc_id: job.expected_rows for job in streamed},
             )
         )
-        pump = threading.Thread(target=pump_rows, args=(stream, feed, stop_pump), name="lift-row-pump", daemon=True)
+        progress = None
+        if config.storage.progress:
+            expected = {job.doc_id: job.expected_rows for job in streamed}
+            progress = ProgressWriter(Store.from_uri(config.storage.root), config.storage.namespace, expected)
+        pump = threading.Thread(
+            target=pump_rows,
+            args=(stream, feed, stop_pump),
+            kwargs={"on_rows": progress.rows if progress else None},
+            name="lift-row-pump",
+            daemon=True,
+        )
         pump.start()
     run_name = run_name or f"lift-{config.adapter_hash()}-{int(time.time() * 1000)}"
     storage_path = (Path(config.work_dir) / "ray_train").resolve()

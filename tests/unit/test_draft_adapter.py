@@ -100,7 +100,13 @@ def test_the_trainer_hands_over_a_draft_after_the_set_epochs_only(tiny_model_dir
         return load_config(LiftConfig, None, [f"{k}={v}" for k, v in settings.items()])
 
     trainer = AdapterTrainer(tiny_model_dir, config(2))
-    result = trainer.train_document(DocumentJob("doc", rows=_rows(2)), on_draft=on_draft)
+    epochs: list[tuple[int, int]] = []
+    result = trainer.train_document(
+        DocumentJob("doc", rows=_rows(2)),
+        on_draft=on_draft,
+        on_epoch=lambda job, done, total: epochs.append((done, total)),
+    )
+    assert epochs == [(1, 3), (2, 3), (3, 3)]  # progress after each epoch
     assert [epochs for epochs, _ in drafts] == [2]  # once, after the second of three epochs
     assert "adapter_model.safetensors" in drafts[0][1]
     assert result.timings["draft_at"] <= result.timings.get("done_at", float("inf"))
