@@ -58,6 +58,7 @@ from testkit.bench import (
 from testkit.chat_stub import ChatStub, serving
 from testkit.local_s3 import AWS_VARIABLES_TO_CLEAR, s3_environment, start_s3_server
 from testkit.ray_cluster import NODE_MARKER, LocalCluster, cluster_environment
+from testkit.tiny_model import write_tiny_llama
 
 log = logging.getLogger("bench_bulk")
 
@@ -99,27 +100,10 @@ def stub_reply(prompt: str) -> str:
 
 def build_tiny_model(folder: Path) -> Path:
     """A 2-layer, 64-wide Llama with random weights (seed 0) and SmolLM2's tokenizer, saved as a model folder."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from lift_ray.config import DEFAULT_CACHE_DIR
-    from lift_ray.models import ensure_embedded_model, load_tokenizer
+    from lift_ray.models import ensure_embedded_model
 
-    tokenizer = load_tokenizer(ensure_embedded_model(DEFAULT_CACHE_DIR))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tiny_llama(folder, ensure_embedded_model(DEFAULT_CACHE_DIR))
 
 
 class Bucket:
