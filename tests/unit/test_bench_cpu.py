@@ -10,7 +10,9 @@ import pytest
 
 from testkit.bench import ProcessCpuSampler, cpu_shares
 
-BUSY = "import time\nend = time.time() + 2.5\nwhile time.time() < end: pass"
+# Spins until it has used 1.5 s of CPU (however long a loaded machine makes that take), at most 60 s.
+BUSY_CPU_S = 1.5
+BUSY = f"import time\nend = time.time() + 60\nwhile time.process_time() < {BUSY_CPU_S} and time.time() < end: pass"
 
 
 def test_sampler_tells_a_busy_process_from_an_idle_one() -> None:
@@ -26,10 +28,11 @@ def test_sampler_tells_a_busy_process_from_an_idle_one() -> None:
     by_marker = {
         marker: cpu for cpu, command in used.values() for marker in ("busy-marker", "idle-marker") if marker in command
     }
-    assert by_marker["busy-marker"] > 0.5 * span
+    # The busy process's CPU time as sampled (0.2 s apart, so up to a sample's worth early or late of its own).
+    assert BUSY_CPU_S - 0.6 < by_marker["busy-marker"] <= BUSY_CPU_S + 0.3
     assert by_marker["idle-marker"] < 0.2 * span
     shares = cpu_shares(sampler, start, end, lambda command: "busy-marker" in command)
-    assert shares["worker_cpu_share"] == round(by_marker["busy-marker"] / span, 3) > 0.5
+    assert shares["worker_cpu_share"] == round(by_marker["busy-marker"] / span, 3)
     # everything else: every sampled process but the measured one (the idle one, this one, the machine's rest)
     others = sum(cpu for cpu, command in used.values() if "busy-marker" not in command)
     assert shares["other_cpu_cores"] == round(others / span, 3)
@@ -37,6 +40,7 @@ def test_sampler_tells_a_busy_process_from_an_idle_one() -> None:
     # measuring the idle process instead moves the busy one's core into "everything else"
     flipped = cpu_shares(sampler, start, end, lambda command: "idle-marker" in command)
     assert flipped["worker_cpu_share"] == round(by_marker["idle-marker"] / span, 3) < 0.2
+    assert flipped["worker_cpu_share"] < shares["worker_cpu_share"]
     assert flipped["other_cpu_cores"] >= shares["worker_cpu_share"] - 0.002  # rounding of both
 
 
