@@ -493,6 +493,19 @@ class OnlineLiftSettings(_Section):
         description="online runs publish a draft adapter after this many epochs (chat serves it, marked draft, "
         "until the final one is out), unless the LIFT config sets train.draft_after_epochs; 0: no draft",
     )
+    warm_workers: bool = Field(
+        True,
+        description="LIFT on a warm worker (generator engine and trainer loaded once, kept between documents; "
+        "lift_ray/online/warm.py); off: each batch runs the bulk path as a Ray task (engine and Ray Train "
+        "start-up every time)",
+    )
+    warm_start: bool = Field(True, description="start the warm worker with the endpoint, not at the first document")
+    warm_idle_s: float = Field(
+        600.0, ge=0, description="release the warm worker's CPUs/GPUs after this long without a document; 0: never"
+    )
+    warm_retries: int = Field(
+        1, ge=0, description="a warm worker that dies is replaced and its batch LIFTed again, this many times"
+    )
     uri_prefixes: list[str] = Field(
         default_factory=list,
         description="`uri` documents must start with one of these (s3://bucket/prefix/ or a local folder); "

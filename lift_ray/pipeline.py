@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +45,8 @@ from lift_ray.train.loop import DocumentJob, DocumentResult
 log = logging.getLogger(__name__)
 
 SPLIT_TASK_CPUS = 0.25
+# (documents, config, progress) → each document's QA rows, by doc id
+GenerateQA = Callable[[list[Document], LiftConfig, ProgressWriter | None], dict[str, list[dict[str, Any]]]]
 TIMING_NAMES = ("train_s", "gate_s", "publish_s", "compute_s", "wait_s", "overhead_s")
 
 
@@ -170,14 +173,17 @@ def streams(config: LiftConfig) -> bool:
     return config.train.pipeline == "streaming" and streaming_fits(config)
 
 
-def generate_first(plan: LiftPlan, config: LiftConfig, store: Store) -> None:
-    """Generate the QA of every document that needs it, before training; cache each document's rows."""
+def generate_first(plan: LiftPlan, config: LiftConfig, store: Store, generate: GenerateQA | None = None) -> None:
+    """Generate the QA of every document that needs it, before training; cache each document's rows.
+
+    `generate` (default: `generate_qa`, Ray Data over generator actors) makes each document's rows.
+    """
     started = time.perf_counter()
     progress = None
     if config.storage.progress:
         expected = {document.doc_id: sentence_count(document, config) for document in plan.to_generate}
         progress = ProgressWriter(store, config.storage.namespace, expected)
-    generated = generate_qa(plan.to_generate, config, progress)
+    generated = (generate or generate_qa)(plan.to_generate, config, progress)
     elapsed = round(time.perf_counter() - started, 2)
     for document in plan.to_generate:
         plan.known_rows[document.doc_id] = generated[document.doc_id]

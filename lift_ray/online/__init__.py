@@ -4,8 +4,9 @@ The ingress (`lift_ray.serving.deployments`) hands `POST /v1/documents` and `GET
 `OnlineLift` (`endpoint.py`): it validates the body and reads the document (`requests.py`: the body, the
 document id, the URI allow-list), decides with `admit` whether a run is already in flight, writes the
 `queued` record (`status.py`: records in the store, staleness, transitions) and adds the document to its
-namespace's open batch (`batcher.py`). When the batch closes it runs `run_online_lift` (`runner.py`) as one
-Ray task: one `lift_documents` run for the whole batch, with a heartbeat thread beside it.
+namespace's open batch (`batcher.py`). When the batch closes it runs `run_online_lift` (`runner.py`, with a
+heartbeat thread beside it): on the warm worker (`warm.py`: generator and trainer loaded once, kept between
+batches, released when idle), or as one Ray task running `lift_documents` for the whole batch.
 `run_config.py` makes the runs' LiftConfig from the endpoint's `online_lift` settings.
 """
 
@@ -32,6 +33,7 @@ from lift_ray.online.status import (
     with_heartbeat,
     write_status,
 )
+from lift_ray.online.warm import WarmLifter, WarmPool
 
 __all__ = [
     "ACTIVE",
@@ -63,4 +65,6 @@ __all__ = [
     "seconds_between",
     "with_heartbeat",
     "write_status",
+    "WarmLifter",
+    "WarmPool",
 ]

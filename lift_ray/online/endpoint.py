@@ -18,7 +18,7 @@ from lift_ray.layout import read_manifest
 from lift_ray.online.batcher import Batcher, OnlineBatch
 from lift_ray.online.requests import DocumentRequest, RequestRejected, load_document
 from lift_ray.online.run_config import for_namespace
-from lift_ray.online.runner import online_lift_task
+from lift_ray.online.runner import online_lift_task, run_online_lift
 from lift_ray.online.status import (
     admit,
     document_status,
@@ -28,6 +28,7 @@ from lift_ray.online.status import (
     with_heartbeat,
     write_status,
 )
+from lift_ray.online.warm import WarmPool
 from lift_ray.serving.index import ManifestIndex
 from lift_ray.storage import Store
 
@@ -39,8 +40,17 @@ RunBatch = Callable[[list[dict[str, Any]], list[Document], LiftConfig], Awaitabl
 async def run_as_ray_task(
     records: list[dict[str, Any]], documents: list[Document], config: LiftConfig
 ) -> list[dict[str, Any]]:
-    """The batch's final records, from `online_lift_task` on the cluster."""
+    """The batch's final records, from `online_lift_task` on the cluster (the bulk path: a cold start each time)."""
     return await online_lift_task.remote(records, documents, config)
+
+
+def run_on_warm_worker(pool: WarmPool) -> RunBatch:
+    """`run_online_lift` in this process (a thread), LIFTing on the pool's warm worker."""
+
+    async def run(records: list[dict[str, Any]], documents: list[Document], config: LiftConfig) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(run_online_lift, records, documents, config, pool.lift)
+
+    return run
 
 
 class OnlineLift:
@@ -52,10 +62,18 @@ class OnlineLift:
         lift_config: LiftConfig,
         store: Store,
         index: ManifestIndex,
-        run_batch: RunBatch = run_as_ray_task,
+        run_batch: RunBatch | None = None,
     ) -> None:
+        """`run_batch` LIFTs a closed batch; default: on a warm worker (`online_lift.warm_workers`), else as a Ray
+        task."""
         self.settings, self.lift_config, self.store, self.index = settings, lift_config, store, index
-        self.run_batch = run_batch
+        self.warm: WarmPool | None = None
+        if run_batch is None and settings.warm_workers:
+            self.warm = WarmPool(lift_config, settings.warm_idle_s, settings.warm_retries)
+            if settings.warm_start:
+                self.warm.start()
+            run_batch = run_on_warm_worker(self.warm)
+        self.run_batch = run_batch or run_as_ray_task
         # (namespace, doc_id) -> (record, its batch's task)
         self.runs: dict[tuple[str, str], tuple[dict[str, Any], asyncio.Task[None]]] = {}
         self.batcher = Batcher(

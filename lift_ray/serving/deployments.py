@@ -27,7 +27,7 @@ from ray.serve.handle import DeploymentHandle
 
 from lift_ray.config import LiftConfig, ServeConfig
 from lift_ray.documents import InvalidDocumentId, validate_doc_id
-from lift_ray.layout import is_draft, manifest_version
+from lift_ray.layout import manifest_version
 from lift_ray.models import EMBEDDED_NAME
 from lift_ray.online import DocumentRequest, OnlineLift, RequestRejected
 from lift_ray.serving.adapters import AdapterUnusable, UnknownDocument
@@ -91,11 +91,7 @@ class AdapterModel:
     async def _attach(self, key: str, version: str | None = None) -> str:
         """Bring the adapter into memory (the `version` the ingress saw, if given); which tier it came from
         ('memory', 'disk' or 'store')."""
-        attached = self.service.attached.get(key)
-        # Only a draft is swapped for a newer version: a republished final adapter stays until evicted.
-        if attached is not None and (
-            version is None or not is_draft(attached) or manifest_version(attached) == version
-        ):
+        if self.service.serves_version(key, version):
             await self.get_adapter(key)  # marks it most recently used
             return "memory"
         # Download outside Serve's loader lock (it serialises loads): cold adapters of different documents

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from lift_ray.config import ServeConfig
 from lift_ray.eval.harness import CONTEXT_PROMPT, truncated_context
-from lift_ray.layout import manifest_version, read_document_text
+from lift_ray.layout import is_draft, manifest_version, read_document_text
 from lift_ray.serving.adapters import AdapterFetcher, AdapterUnusable, UnknownDocument
 from lift_ray.serving.engines import Chunk, GenerationRequest, ServingEngine, make_serving_engine
 from lift_ray.storage import Store
@@ -103,7 +103,7 @@ class AdapterService:
     def attach(self, namespace: str, doc_id: str, version: str | None = None) -> Attached:
         """Make the adapter of `doc_id` answerable: UnknownDocument or AdapterUnusable if it cannot be.
 
-        With `version` (a `manifest_version`), an attached adapter of another version (a draft whose final
+        With `version` (a `manifest_version`), an attached draft of another version (one whose final
         adapter is out) is swapped for the current one, unless a request is still generating with it: then it
         answers this request too and is swapped on a later one.
         """
@@ -111,7 +111,7 @@ class AdapterService:
         started = time.perf_counter()
         with self._lock:
             if key in self.attached:
-                if version is None or self.attached_version(key) == version or self._in_use.get(key):
+                if self.serves_version(key, version) or self._in_use.get(key):
                     self.attached.move_to_end(key)
                     return Attached(key, 0.0, "memory")
                 self.engine.remove_adapter(key)  # an older version nobody is generating with
@@ -138,6 +138,17 @@ class AdapterService:
         seconds = time.perf_counter() - started
         log.info("attached %s from %s in %.3f s", key, fetched.source, seconds)
         return Attached(key, seconds, fetched.source)
+
+    def serves_version(self, key: str, version: str | None) -> bool:
+        """Whether the adapter attached under `key` answers a request whose ingress saw manifest `version`.
+
+        Any attached adapter does when no version was seen; only a draft is swapped for a newer version (a
+        republished final adapter stays until evicted).
+        """
+        manifest = self.attached.get(key)
+        if manifest is None:
+            return False
+        return version is None or not is_draft(manifest) or manifest_version(manifest) == version
 
     def attached_version(self, key: str) -> str | None:
         """The `manifest_version` of the adapter attached under `key`, or None when none is."""

@@ -237,7 +237,8 @@ def _plain(value: Any) -> Any:
 
 
 class QAGeneratorActor:
-    """Ray Data `map_batches` wrapper: builds the engine once per actor, then generates per batch."""
+    """Builds the engine once; `rows` generates for a list of sentence rows, `__call__` for a Ray Data batch
+    (`map_batches` runs it in generator actors)."""
 
     def __init__(self, config: LiftConfig) -> None:
         from lift_ray.models import resolve_base_model
@@ -252,7 +253,10 @@ class QAGeneratorActor:
         self.cache = SentenceQACache.for_config(config) if settings.sentence_cache else None
         log.info("generator %s ready in %.1f s", settings.engine, time.perf_counter() - started)
 
+    def rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Sentence rows in, the same rows with `qa_json` out (each sentence generated once, cache first)."""
+        return complete_with_cache(rows, self.cache, self.generator.generate)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        rows = _rows_from_batch(batch)
-        results = complete_with_cache(rows, self.cache, self.generator.generate)
+        results = self.rows(_rows_from_batch(batch))
         return {column: [r[column] for r in results] for column in results[0]} if results else {}

@@ -162,6 +162,7 @@ def test_a_posted_document_is_lifted_published_and_answerable_at_once(endpoint):
     final, other = wait_report(endpoint, "quell"), wait_report(endpoint, "orrin")
     assert final["report_status"] == "published" and final["finished_at"] == first["finished_at"], final
     assert {"generate_s", "train_s", "publish_s", "ttft_s"} <= set(final["timings"]), final["timings"]
+    assert final["timings"]["model_load_s"] == 0.0  # on the warm worker: its models were loaded before
     assert other["status"] == "published" and other["adapter_uri"].endswith(f"{NAMESPACE_A}/orrin/adapter"), other
     assert final["batch_size"] == other["batch_size"] == 2 and final["started_at"] == other["started_at"]
     status, reply = chat(endpoint, "quell")

@@ -91,7 +91,10 @@ def _app(serve_url: str, s3_store_root: str, folder: Path, lift_yaml: Path) -> I
         torch_threads=1,
         max_new_tokens=24,
         tenants=TenantSettings(api_keys={NAMESPACE: [KEY]}, api_keys_env=None),
-        online_lift=OnlineLiftSettings(enabled=True, config=lift_yaml, batch_window_s=0, max_document_bytes=4096),
+        # The cold path (a Ray task running lift_documents per batch): test_online_lift covers warm workers.
+        online_lift=OnlineLiftSettings(
+            enabled=True, config=lift_yaml, batch_window_s=0, max_document_bytes=4096, warm_workers=False
+        ),
     )
     serve.run(build_app(config), name=APP, route_prefix=ROUTE, blocking=False)
     url = serve_url + ROUTE

@@ -167,3 +167,14 @@ def generate_with(service: AdapterService, doc_id: str) -> str:
     """The answer of a published document's adapter, attached under its own name."""
     service.attach(NAMESPACE, doc_id)
     return generate(service.engine, f"default/{doc_id}")
+
+
+def test_a_republished_final_adapter_stays_attached_until_evicted(service, adapters):
+    first = publish_adapter(service.store, NAMESPACE, "again", adapters["doc1"], {})
+    service.attach(NAMESPACE, "again")
+    second = publish_adapter(service.store, NAMESPACE, "again", adapters["doc2"], {})
+    assert manifest_version(second) != manifest_version(first)
+    assert service.serves_version("default/again", manifest_version(second))
+    assert service.attach(NAMESPACE, "again", manifest_version(second)).source == "memory"
+    assert service.attached_version("default/again") == manifest_version(first)
+    assert not service.serves_version("default/unknown", None)
