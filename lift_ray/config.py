@@ -235,10 +235,12 @@ class TrainSettings(_Section):
     batch_size: int = Field(8, ge=1, description="examples per optimizer step, summed over workers")
     max_seq_len: int = Field(256, ge=16)
     weight_decay: float = Field(0.0, ge=0)
-    pipeline: Literal["streaming", "sequential"] = Field(
+    pipeline: Literal["streaming", "sequential", "warm"] = Field(
         "streaming",
         description="streaming: epoch 1 trains on QA pairs as the generator writes them; "
-        "sequential: generate every document's QA first, then train",
+        "sequential: generate every document's QA first, then train; warm: one warm worker (an actor holding "
+        "the generator and the trainer's model, one rank, lift_ray/online/warm.py) LIFTs the documents one "
+        "after another, without Ray Data or Ray Train (small runs, quick turnaround)",
     )
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)

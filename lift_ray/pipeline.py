@@ -54,12 +54,17 @@ def lift_documents(documents: list[Document], config: LiftConfig) -> list[Docume
     """LIFT every document: skip those already published with this config, fail bad ones alone.
 
     One TorchTrainer run trains every remaining document; with `train.pipeline=streaming` it also consumes
-    the QA of documents without a cache as the generator writes it.
+    the QA of documents without a cache as the generator writes it. With `train.pipeline=warm` one warm
+    worker does it all instead (`lift_ray.online.warm`).
     """
     from lift_ray.train.trainer import train_documents_on_ray
 
     accepted_at = time.time()
     ensure_ray()
+    if config.train.pipeline == "warm":
+        from lift_ray.online.warm import lift_on_warm_worker
+
+        return lift_on_warm_worker(documents, config)
     store = Store.from_uri(config.storage.root)
     planning = time.perf_counter()
     plan = plan_lift(documents, config, store)

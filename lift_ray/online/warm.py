@@ -8,7 +8,8 @@ time on one rank: data-parallel training across workers stays with the bulk path
 `WarmPool` keeps one `WarmLifter` as a Ray actor for a driver (the endpoint's online LIFT, or any script):
 it starts the actor on demand, hands it documents one batch at a time, replaces it when it dies (the batch
 is retried on the new one, `retries` times), and kills it after `idle_s` without work, so that its CPUs and
-GPUs go back to the cluster; the next batch starts a new one.
+GPUs go back to the cluster; the next batch starts a new one. A bulk run uses one with `train.pipeline=warm`
+(`lift_on_warm_worker`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class WarmLifter:
         self.load_s = time.perf_counter() - started
         self.documents_lifted = 0
         log.info("warm LIFT worker ready in %.1f s", self.load_s)
+
+    def ready(self) -> float:
+        """Seconds its models took to load (a call that returns once they are)."""
+        return self.load_s
 
     def generate_qa(
         self, documents: list[Document], config: LiftConfig, progress: ProgressWriter | None = None
@@ -221,3 +226,12 @@ class WarmPool:
             if self.actor is not None:
                 ray.kill(self.actor)
                 self.actor = None
+
+
+def lift_on_warm_worker(documents: list[Document], config: LiftConfig) -> list[DocumentReport]:
+    """A bulk run with `train.pipeline=warm`: one warm worker for this run's documents, released at the end."""
+    pool = WarmPool(config, idle_s=0)
+    try:
+        return pool.lift(documents, config)
+    finally:
+        pool.close()

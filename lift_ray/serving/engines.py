@@ -104,6 +104,9 @@ class HFPeftEngine:
     scaling: milliseconds, where peft's `load_adapter` rebuilds modules (~0.3-0.9 s for the embedded model).
     An adapter that does not fit a slot (larger rank, other modules, DoRA, per-module ranks) is loaded
     with peft's own `load_adapter` instead. Generation is serialised by a lock: one request at a time.
+    Filling a free slot does not wait for it: a generation reads only its own slot's weights, so an adapter
+    is copied in while another request generates (under load, attaching used to wait behind every queued
+    generation: ~23 s at concurrency 32). peft's `load_adapter` changes the modules, so that path waits.
     """
 
     name = "hf"
@@ -146,7 +149,8 @@ class HFPeftEngine:
         self._free = [f"slot{index}" for index in range(slots)]
         self._names: dict[str, str] = {}  # key -> peft adapter name (a slot, or 'adapterN' loaded by peft)
         self._counter = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # generation, and peft's module-changing load/delete
+        self._slots_lock = threading.Lock()  # `_free` and `_names`
 
     def _fits_slot(self, config: dict[str, Any]) -> bool:
         return (
@@ -190,43 +194,55 @@ class HFPeftEngine:
             raise ValueError(f"adapter tensors that match no layer of the model: {sorted(unused)[:3] or 'all'}")
 
     def add_adapter(self, key: str, path: Path) -> None:
-        """Copy the adapter into a free slot, or load it with peft when it does not fit one."""
+        """Copy the adapter into a free slot (while other requests generate), or load it with peft when it does
+        not fit one (between generations)."""
         import json
 
-        with self._lock:
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        with self._slots_lock:
             if key in self._names:
                 return
-            config = json.loads((Path(path) / "adapter_config.json").read_text())
-            if self._fits_slot(config):
-                slot = self._free.pop()
-                try:
-                    self._fill_slot(slot, Path(path), config)
-                except BaseException:
+            slot = self._free.pop() if self._fits_slot(config) else None
+        if slot is not None:
+            try:
+                self._fill_slot(slot, Path(path), config)  # a free slot: no generation reads it
+            except BaseException:
+                with self._slots_lock:
                     self._free.append(slot)
-                    raise
-                self._names[key] = slot
-                return
-            self._counter += 1
-            name = f"adapter{self._counter}"
+                raise
+            with self._slots_lock:
+                if key in self._names:  # attached meanwhile by another caller: keep theirs
+                    self._free.append(slot)
+                else:
+                    self._names[key] = slot
+            return
+        with self._lock:
+            with self._slots_lock:
+                if key in self._names:
+                    return
+                self._counter += 1
+                name = f"adapter{self._counter}"
             try:
                 self.model.load_adapter(str(path), adapter_name=name)
             except BaseException:
                 if name in self.model.peft_config:
                     self.model.delete_adapter(name)
                 raise
-            self._names[key] = name
+            with self._slots_lock:
+                self._names[key] = name
 
     def remove_adapter(self, key: str) -> None:
-        """Free the adapter's slot (or delete its peft modules)."""
-        with self._lock:
+        """Free the adapter's slot (or delete its peft modules, between generations)."""
+        with self._slots_lock:
             name = self._names.pop(key, None)
             if name is None:
                 return
             if name.startswith("slot"):
                 self._free.append(name)
-            else:
-                self.model.set_adapter("slot0")
-                self.model.delete_adapter(name)
+                return
+        with self._lock:
+            self.model.set_adapter("slot0")
+            self.model.delete_adapter(name)
 
     def stream(self, request: GenerationRequest) -> Iterator[Chunk]:
         """Generate in a thread and yield text as tokens arrive."""
@@ -274,7 +290,8 @@ class HFPeftEngine:
             with self._lock, torch.inference_mode():
                 name = None
                 if request.adapter is not None:
-                    name = self._names.get(request.adapter)
+                    with self._slots_lock:
+                        name = self._names.get(request.adapter)
                     if name is None:
                         raise KeyError(f"adapter {request.adapter!r} is not attached")
                 with active_adapter(self.model, name):

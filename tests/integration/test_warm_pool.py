@@ -62,3 +62,26 @@ def test_a_killed_warm_worker_is_replaced_and_an_idle_one_gives_its_cpus_back(ra
             assert mill.status == "published" and pool.workers_started == 3, mill
         finally:
             pool.close()
+
+
+def test_a_bulk_run_with_the_warm_pipeline_lifts_on_one_warm_worker(ray_cluster, tiny_model_dir, tmp_path):
+    import ray
+
+    from lift_ray.pipeline import lift_documents
+
+    stub = ChatStub(reply=json.dumps({"qa_list": [PAIR]}))
+    with serving() as start:
+        base = lift_config(tiny_model_dir, start(stub), tmp_path / "store")
+        train = base.train.model_copy(update={"pipeline": "warm", "cpus_per_worker": 0.4})
+        config = base.model_copy(
+            update={"train": train, "generator": base.generator.model_copy(update={"num_cpus": 0.4})}
+        )
+        free_before = ray.available_resources().get("CPU", 0.0)
+        bridge, mill = lift_documents([BRIDGE, MILL], config)
+    assert bridge.status == mill.status == "published", (bridge, mill)
+    assert bridge.timings["model_load_s"] == mill.timings["model_load_s"] == 0.0
+    assert config.adapter_hash() == base.adapter_hash()  # how documents are LIFTed is not what they learn
+    deadline = time.monotonic() + 30  # the run's worker is released at its end
+    while ray.available_resources().get("CPU", 0.0) < free_before - 1e-6 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0.0) >= free_before - 1e-6

@@ -233,6 +233,31 @@ QUOTES: list[Quote] = [
         },
     ),
     *table(
+        "ttft",
+        {
+            "## Time to first answer": ["device", ("engine", {"shown": "engine {},"})],
+            "(no stand-ins); {'": settings("ttft.json"),
+            **{
+                f"| {row['tokens']} |": [
+                    f"lengths.{index}.{key}" for key in ("generation_only_s", "draft_s", "ttft_warm_s", "ttft_cold_s")
+                ]
+                + [f"draft_over_generation.{index}"]
+                for index, row in enumerate(results("ttft.json")["lengths"])
+            },
+            "sentences) |": [
+                ("short_document.tokens", {"shown": "| {} ("}),
+                *(f"short_document.{key}" for key in ("generation_only_s", "draft_s", "ttft_warm_s", "ttft_cold_s")),
+                "short_draft_over_generation",
+            ],
+            "-sentence document: ": ["short_warm_over_cold"],
+            "Slope: ": [
+                ("warm_slope_s_per_1k_tokens", {"shown": "{} s per 1K tokens warm"}),
+                ("cold_slope_s_per_1k_tokens", {"shown": "{} cold"}),
+            ],
+            "the paper: TTFT under ": [("paper_ttft_8k_below_s", {"digits": 0})],
+        },
+    ),
+    *table(
         "online_batch",
         {
             "## Online LIFT": ["device", ("engine", {"shown": "engine {};"})],

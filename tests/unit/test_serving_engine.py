@@ -178,3 +178,20 @@ def test_a_republished_final_adapter_stays_attached_until_evicted(service, adapt
     assert service.attach(NAMESPACE, "again", manifest_version(second)).source == "memory"
     assert service.attached_version("default/again") == manifest_version(first)
     assert not service.serves_version("default/unknown", None)
+
+
+def test_an_adapter_is_copied_into_a_slot_while_another_request_generates(embedded_model_dir, adapters):
+    engine = HFPeftEngine(embedded_model_dir, threads=2, slots=3, max_rank=8)  # three free slots
+    engine.add_adapter("ns/busy", adapters["doc0"])
+    alone = generate(engine, "ns/busy", max_new_tokens=48)
+    chunks = engine.stream(GenerationRequest(prompt(engine, QUESTION), "ns/busy", 48))
+    first = next(chunks)  # generating now, holding the generation lock
+    engine.add_adapter("ns/late", adapters["doc1"])
+    attached_while_generating = engine._lock.locked()
+    rest = "".join(chunk.text for chunk in chunks)
+    assert attached_while_generating  # the attach did not wait for the generation to end
+    assert first.text + rest == alone  # and the generation in flight was not disturbed
+    late = generate(engine, "ns/late")
+    engine.remove_adapter("ns/late")
+    engine.add_adapter("ns/again", adapters["doc1"])  # the same weights, attached with nothing going on
+    assert late == generate(engine, "ns/again") != generate(engine, None)
