@@ -36,7 +36,7 @@ from typing import Any
 from lift_ray.config import LiftConfig, ServeConfig
 from lift_ray.documents import Document
 from lift_ray.online import WarmPool, for_namespace
-from lift_ray.pipeline import lift_documents
+from lift_ray.pipeline import lift_documents, sentence_count
 from lift_ray.report import DocumentReport
 from testkit.bench import (
     RESULTS_DIR,
@@ -204,7 +204,7 @@ def main() -> None:
         for tag, document in documents.items():
             results[tag] = {
                 "tokens": len(tokenizer(document.text)["input_ids"]),
-                "sentences": document.text.count(". "),
+                "sentences": sentence_count(document, base),
                 **measure_warm(pool, service, base, document, tag),
             }
         pool.close()  # its CPUs go to the cold path's generator actors and trainer workers

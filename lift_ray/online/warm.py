@@ -1,8 +1,8 @@
 """Warm LIFT workers: the generator engine and the trainer's base model stay loaded between documents.
 
 `WarmLifter` is the plain class (no Ray): it loads both once, then LIFTs each batch of documents in this
-process in the pipeline's own steps (plan → generate → train → publish → report), so a document pays
-neither an engine start-up nor a Ray Train worker group's start-up and shut-down. It runs one stage at a
+process in the pipeline's own steps (plan, then per document generate → train → publish → report), so a
+document pays neither an engine start-up nor a Ray Train worker group's start-up and shut-down. It runs one stage at a
 time on one rank: data-parallel training across workers stays with the bulk path (`lift_documents`).
 
 `WarmPool` keeps one `WarmLifter` as a Ray actor for a driver (the endpoint's online LIFT, or any script):
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,21 +104,23 @@ class WarmLifter:
         accepted_at = time.time()
         store = Store.from_uri(config.storage.root)
         plan = plan_lift(documents, config, store)
-        if plan.to_generate:
-            generate_first(plan, config, store, generate=self.generate_qa)
         publisher = StorePublisher(config)
-        for job in training_jobs(plan, config):
-            started = time.time()
-            with torch_threads(self.train_threads):
-                result = self.trainer.train_document(
-                    job, None, publisher.rows, publisher.adapter, publisher.draft, publisher.epoch
-                )
-            result.load_s = 0.0  # loaded before the document came
-            result.recorded_at = time.time()  # published (or failed) now: nothing to hand over
-            report = report_trained(plan.reports[job.doc_id], result, started, None, accepted_at)
-            plan.reports[job.doc_id] = report
-            log_outcome(report)
-            self.documents_lifted += 1
+        for document in plan.to_train:  # one at a time, so the batch's first adapter does not wait for the rest
+            step = replace(plan, to_train=[document], to_generate=[d for d in plan.to_generate if d is document])
+            if step.to_generate:
+                generate_first(step, config, store, generate=self.generate_qa)  # fills plan's rows and reports
+            for job in training_jobs(step, config):
+                started = time.time()
+                with torch_threads(self.train_threads):
+                    result = self.trainer.train_document(
+                        job, None, publisher.rows, publisher.adapter, publisher.draft, publisher.epoch
+                    )
+                result.load_s = 0.0  # loaded before the document came
+                result.recorded_at = time.time()  # published (or failed) now: nothing to hand over
+                report = report_trained(plan.reports[job.doc_id], result, started, None, accepted_at)
+                plan.reports[job.doc_id] = report
+                log_outcome(report)
+                self.documents_lifted += 1
         return [plan.reports[document.doc_id] for document in documents]
 
 
