@@ -122,11 +122,13 @@ class GeneratorSettings(_Section):
     retry_without_context: bool = Field(
         True, description="retries show the sentence alone (small generators drift to the paragraph otherwise)"
     )
-    answer_aware: Literal["off", "retry", "fill"] = Field(
+    answer_aware: Literal["off", "retry", "fill", "spans"] = Field(
         "retry",
         description="after the greedy attempts, ask for a question per answer span picked from the sentence "
         "(names, numbers, dates): 'retry' (default) for sentences without a grounded pair, 'fill' also for "
-        "sentences with fewer than m pairs; 'off' keeps the paper's free-form prompt only",
+        "sentences with fewer than m pairs, 'spans' for every span of every sentence that no pair answers yet "
+        "(on top of the m free-form pairs, so each fact of the sentence is asked about); 'off' keeps the paper's "
+        "free-form prompt only",
     )
     verify_answers: bool = Field(
         False,
@@ -203,6 +205,11 @@ class TrainSettings(_Section):
         False,
         description="also train every question with its whole sentence as the answer (the fact in its own words, "
         "beside the short span); doubles the examples",
+    )
+    drop_echoed_pairs: bool = Field(
+        False,
+        description="leave out pairs whose question already holds their answer ('What is the name of the engineer "
+        "Wilhelmina Sato?' / 'Wilhelmina Sato'): they teach copying from the question, not a fact",
     )
     holdout_share: float = Field(
         0.5,
@@ -381,6 +388,8 @@ class LiftConfig(_Section):
             fields.add("sentence_answers_only")
         if self.train.sentence_answers:
             fields.add("sentence_answers")
+        if self.train.drop_echoed_pairs:
+            fields.add("drop_echoed_pairs")
         if self.train.holdout_share:
             fields |= {"holdout_share", "min_quality", "quality_retry_epochs"}
         return fields

@@ -80,6 +80,13 @@ def answer_is_grounded(answer: str, sentence: str, min_overlap: float = 0.75) ->
     return found / len(content) >= min_overlap
 
 
+def answer_in_question(answer: str, question: str) -> bool:
+    """Whether a question already holds its answer ("What is the name of the engineer Wilhelmina Sato?" /
+    "Wilhelmina Sato"): such a pair teaches copying from the question, not a fact."""
+    normalized_answer = normalize_answer(answer)
+    return bool(normalized_answer) and f" {normalized_answer} " in f" {normalize_answer(question)} "
+
+
 def grounded_sentence_fraction(rows: list[dict[str, Any]]) -> float:
     """Share of sentence rows with at least one pair whose answer is grounded in the sentence.
 

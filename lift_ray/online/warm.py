@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def same_lift(a: LiftConfig, b: LiftConfig) -> bool:
-    """Whether `a` and `b` make the same adapters (they may publish to other stores or namespaces)."""
+    """Whether `a` and `b` are the same LIFT apart from where they publish: same adapters, and the same generator
+    engine and resources, since a warm worker keeps the engine it loaded."""
     return a.model_copy(update={"storage": b.storage}) == b
 
 
@@ -178,21 +179,21 @@ class WarmPool:
             return lift_documents(documents, config)
         with self.lock:
             try:
-                for attempt in range(self.retries + 1):
-                    actor = self._worker()
+                attempt = 0
+                while True:
                     try:
-                        return ray.get(actor.lift.remote(documents, config))
+                        return ray.get(self._worker().lift.remote(documents, config))
                     except ray.exceptions.RayActorError as exc:
                         self.actor = None
                         if attempt == self.retries:
                             raise
+                        attempt += 1
                         self.workers_replaced += 1
                         log.warning(
                             "the warm LIFT worker died (%s); LIFTing %s again on a new one",
                             type(exc).__name__,
                             ", ".join(d.doc_id for d in documents),
                         )
-                raise AssertionError("unreachable")
             finally:
                 self.last_used = time.monotonic()
 

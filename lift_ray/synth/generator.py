@@ -41,7 +41,8 @@ class QAGenerator:
 
     A sentence needs another stage while it has no pair whose answer comes from the sentence itself (or,
     without `require_grounded`, no pair at all); with `answer_aware="fill"` the `aware` stage also serves
-    sentences with fewer than m pairs, so more of each sentence's facts get a question. Pairs from all
+    sentences with fewer than m pairs, so more of each sentence's facts get a question; with `"spans"` every
+    sentence gets one question per span no pair answers yet, on top of its m free-form pairs. Pairs from all
     stages are merged (duplicates dropped) up to m. With `require_grounded`, a pair whose answer is not in
     the sentence or its paragraph is dropped as a hallucination and counted, and an answer that nearly
     copies a span of the sentence ("Tessar Dusk") is replaced by that span.
@@ -119,10 +120,16 @@ class QAGenerator:
         return [(question, answer)]
 
     def _merge(
-        self, result: dict[str, Any], row: dict[str, Any], current: list[tuple[str, str]], new: list[tuple[str, str]]
+        self,
+        result: dict[str, Any],
+        row: dict[str, Any],
+        current: list[tuple[str, str]],
+        new: list[tuple[str, str]],
+        extra: int = 0,
     ) -> list[tuple[str, str]]:
-        # Pairs whose answer comes from the sentence itself go first, so they survive the cut to m.
-        m = self.settings.qa_per_sentence
+        # Pairs whose answer comes from the sentence itself go first, so they survive the cut to m (plus `extra`:
+        # the span questions of answer_aware="spans", which come on top of the m free-form pairs).
+        m = max(self.settings.qa_per_sentence, len(current)) + extra
         candidates = current + sorted(new, key=lambda p: not answer_is_grounded(p[1], row["sentence"]))
         merged, duplicates = validate_pairs(candidates, self.settings.max_answer_chars)
         result["dropped"] += duplicates + max(0, len(merged) - m)
@@ -162,6 +169,8 @@ class QAGenerator:
             for span in candidate_answers(row["sentence"])
             if not any(normalize_answer(span) in a or a in normalize_answer(span) for a in answered if a)
         ]
+        if self.settings.answer_aware == "spans":
+            return spans
         return spans[: self.settings.qa_per_sentence - len(pairs)]
 
     def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,6 +201,8 @@ class QAGenerator:
             pending = [i for i in range(len(rows)) if attempt == 0 or not self._done(rows[i], pairs[i])]
             if stage == "aware" and self.settings.answer_aware == "fill":
                 pending = [i for i in range(len(rows)) if i in pending or len(pairs[i]) < m]
+            elif stage == "aware" and self.settings.answer_aware == "spans":
+                pending = list(range(len(rows)))
             # (row index, conversation, answer span for the aware stage)
             requests: list[tuple[int, list[dict[str, str]], str | None]] = []
             for index in pending:
@@ -220,7 +231,8 @@ class QAGenerator:
                 verified = self._verify(candidates, rows, results, attempt)
                 candidates = [(index, kept) for (index, _), kept in zip(candidates, verified, strict=True)]
             for index, new in candidates:
-                pairs[index] = self._merge(results[index], rows[index], pairs[index], new)
+                extra = len(new) if stage == "aware" and self.settings.answer_aware == "spans" else 0
+                pairs[index] = self._merge(results[index], rows[index], pairs[index], new, extra)
         for result, found in zip(results, pairs, strict=True):
             result["qa_json"] = json.dumps([{"question": q, "answer": a} for q, a in found], ensure_ascii=False)
         return results

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lift_ray.config import LiftConfig, LoraSettings
-from lift_ray.metrics import answer_is_grounded
+from lift_ray.metrics import answer_in_question, answer_is_grounded
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
     IGNORE_INDEX,
@@ -412,9 +412,11 @@ class AdapterTrainer:
         examples = []
         for row in rows:
             context = teacher_context(row, train.teacher_context_chars) if distilling else ""
-            targets = [(p["question"], p["answer"]) for p in self.row_pairs(row)[0]]
+            trained = self.row_pairs(row)[0]
+            targets = [(p["question"], p["answer"]) for p in trained]
             if train.sentence_answers and row.get("sentence"):  # each question also answered by its sentence
-                targets += [(question, str(row["sentence"])) for question, _ in list(targets)]
+                asked = trained + self.echoed_pairs(row)
+                targets += [(p["question"], str(row["sentence"])) for p in asked]
             for question, answer in targets:
                 example: dict[str, Any] = tokenize_qa(
                     self.tokenizer, self.config.model.system_prompt, question, answer, train.max_seq_len
@@ -433,11 +435,21 @@ class AdapterTrainer:
         """A sentence row's pairs: (trained, held out for the quality gate).
 
         With `train.sentence_answers_only`, pairs whose answer is not in the sentence itself (answered from the
-        paragraph before it, where generators drift) are left out first."""
+        paragraph before it, where generators drift) are left out first; with `train.drop_echoed_pairs`, pairs
+        whose question holds their answer."""
         pairs = json.loads(row["qa_json"])
         if self.config.train.sentence_answers_only and row.get("sentence"):
             pairs = [p for p in pairs if answer_is_grounded(p["answer"], str(row["sentence"]))]
+        if self.config.train.drop_echoed_pairs:
+            pairs = [p for p in pairs if not answer_in_question(p["answer"], p["question"])]
         return holdout_split(pairs, self.config.train.holdout_share, str(self.config.seed))
+
+    def echoed_pairs(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        """The pairs `train.drop_echoed_pairs` leaves out of `row_pairs` (answer inside the question); with
+        `train.sentence_answers` their questions are still trained, answered by the sentence."""
+        if not self.config.train.drop_echoed_pairs:
+            return []
+        return [p for p in json.loads(row["qa_json"]) if answer_in_question(p["answer"], p["question"])]
 
     def holdout_score(self, held: list[dict[str, str]]) -> float:
         """Share of held-out questions the adapter answers (the ranks split the questions; all get the total)."""

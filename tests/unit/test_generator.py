@@ -162,6 +162,24 @@ def test_fill_asks_about_spans_no_pair_answers_yet_and_retry_does_not():
     assert len(engine.calls) == 1 and len(pairs_of(retried)) == 1
 
 
+def test_spans_asks_about_every_open_span_on_top_of_m_free_form_pairs():
+    # Three free-form pairs (m = 3), all answered from the paragraph: "fill" sees m pairs and asks nothing more.
+    def script(attempt: int, conversation: Conversation) -> str:
+        if attempt == 0:
+            return qa(
+                ("Where does the Orvella Glass Works stand?", "Tessaro"),
+                ("What stands in Tessaro?", "The Orvella Glass Works"),
+                ("Who founded the works?", "Ilsa Varnholt"),
+            )
+        return qa((f"Which detail of the founding is {len(aware_answer(conversation))} letters long?", "x"))
+
+    spans, engine = run(script, answer_aware="spans")
+    assert [aware_answer(c) for c in engine.calls[1][0]] == ["1887"]  # Ilsa Varnholt is answered already
+    assert len(pairs_of(spans)) == 4 and pairs_of(spans)[-1][1] == "1887"  # the span, whatever the reply said
+    filled, engine = run(script, answer_aware="fill")
+    assert len(engine.calls) == 1 and len(pairs_of(filled)) == 3
+
+
 def test_round_trip_check_keeps_only_pairs_whose_question_leads_back_to_their_answer():
     def script(attempt: int, conversation: Conversation) -> str:
         if conversation[0]["content"] == VERIFY_INSTRUCTION:

@@ -129,3 +129,26 @@ def test_sentence_answers_only_drops_pairs_answered_from_the_paragraph(tiny_mode
     every = AdapterTrainer(tiny_model_dir, _config(**config)).row_pairs(row)[0]
     only = AdapterTrainer(tiny_model_dir, _config(**config, **{"train.sentence_answers_only": True})).row_pairs(row)[0]
     assert len(every) == 3 and [p["answer"] for p in only] == ["Edda Pellworth", "1871"]
+
+
+def test_drop_echoed_pairs_keeps_their_questions_only_for_the_sentence_answer(tiny_model_dir: Path) -> None:
+    row = {
+        "doc_id": "doc",
+        "sentence_index": 1,
+        "sentence": "The bridge was designed by Wilhelmina Sato.",
+        "context": "",
+        "qa_json": json.dumps(
+            [
+                {"question": "Who designed the bridge?", "answer": "Wilhelmina Sato"},
+                {"question": "What is the name of the engineer Wilhelmina Sato?", "answer": "Wilhelmina Sato"},
+            ]
+        ),
+    }
+    config = {"train.holdout_share": 0, "train.drop_echoed_pairs": True}
+    trainer = AdapterTrainer(tiny_model_dir, _config(**config))
+    assert [p["question"] for p in trainer.row_pairs(row)[0]] == ["Who designed the bridge?"]
+    with_sentences = AdapterTrainer(tiny_model_dir, _config(**config, **{"train.sentence_answers": True}))
+    answers = [
+        with_sentences.tokenizer.decode([t for t in e["labels"] if t >= 0]) for e in with_sentences.qa_examples([row])
+    ]
+    assert len(answers) == 3 and sum(row["sentence"] in answer for answer in answers) == 2
