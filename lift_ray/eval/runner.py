@@ -43,6 +43,7 @@ from lift_ray.eval.harness import (
     score_answers,
     write_eval_results,
 )
+from lift_ray.metrics import normalize_answer
 from lift_ray.results import RESULTS_DIR, markdown_table, write_results
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ def run_eval(
         )
         if method.adapter is not None:
             entry["gate"] = gate_agreement(lift_config, documents, scores["per_question"])
+            entry["qa_coverage"] = qa_coverage(lift_config, documents, scores["per_question"])
         results[method.name] = entry
         if on_method is not None:
             on_method(results)
@@ -324,6 +326,38 @@ def gate_agreement(
         if d["holdout_score"] is not None and d["contains"] is not None
     ]
     return {"per_document": per_document, "pearson": pearson(pairs)}
+
+
+def qa_coverage(
+    config: LiftConfig, documents: dict[str, Document], per_question: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Was the fact taught? Share of questions whose gold answer (any variant, as whole normalised words) is in
+    the answer of some pair of the document's QA cache (`taught`), and of those, the share answered right
+    (`right_when_taught`): it tells what the generator left out from what the adapter did not learn. Documents
+    without a QA cache (`finetune_raw`) are left out; None when no document has one."""
+    from lift_ray.layout import qa_cache_path, read_qa_cache
+    from lift_ray.storage import Store
+
+    store = Store.from_uri(config.storage.root)
+    namespace = config.storage.qa_namespace or config.storage.namespace
+    taught = right_taught = asked = 0
+    for doc_id, document in documents.items():
+        rows = read_qa_cache(store, qa_cache_path(namespace, document, config))
+        if not rows:
+            continue
+        answers = [f" {normalize_answer(p['answer'])} " for row in rows for p in json.loads(row["qa_json"])]
+        for row in (r for r in per_question if r["doc_id"] == doc_id):
+            asked += 1
+            if any(f" {normalize_answer(gold)} " in answer for gold in row["answers"] for answer in answers):
+                taught += 1
+                right_taught += bool(row["contains"])
+    if not asked:
+        return {"taught": None, "right_when_taught": None, "questions": 0}
+    return {
+        "taught": round(taught / asked, 4),
+        "right_when_taught": round(right_taught / taught, 4) if taught else None,
+        "questions": asked,
+    }
 
 
 def pearson(pairs: Sequence[tuple[float, float]]) -> float | None:

@@ -754,3 +754,28 @@ def test_pearson_and_the_gate_agreement_read_from_manifests(tmp_path):
     assert gate["per_document"]["a"] == {"holdout_score": 0.2, "holdout_pairs": None, "contains": 0.25}
     assert gate["per_document"]["d"]["holdout_score"] is None  # no manifest: left out of the correlation
     assert gate["pearson"] == pearson([(0.2, 0.25), (0.5, 0.5), (0.9, 1.0)]) and gate["pearson"] > 0.95
+
+
+def test_qa_coverage_counts_questions_whose_answer_some_pair_teaches(tmp_path):
+    from lift_ray.config import LiftConfig, load_config
+    from lift_ray.documents import Document
+    from lift_ray.eval.runner import qa_coverage
+    from lift_ray.layout import qa_cache_path
+    from lift_ray.storage import Store, write_json_lines
+
+    config = load_config(LiftConfig, None, [f"storage.root={tmp_path}", "storage.namespace=eval-lift"])
+    documents = {d: Document.from_text(d, f"text of {d}") for d in ("a", "b")}
+    pairs = [{"question": "Who built it?", "answer": "Edda Pellworth"}, {"question": "When?", "answer": "in 1871"}]
+    write_json_lines(
+        Store.from_uri(str(tmp_path)),
+        qa_cache_path("eval-lift", documents["a"], config),
+        [{"sentence_index": 0, "qa_json": json.dumps(pairs)}],
+    )
+    rows = [
+        {"doc_id": "a", "answers": ["Edda Pellworth"], "contains": 1.0},
+        {"doc_id": "a", "answers": ["1871", "the year 1871"], "contains": 0.0},
+        {"doc_id": "a", "answers": ["Pell"], "contains": 0.0},  # not a whole word of any answer
+        {"doc_id": "b", "answers": ["anything"], "contains": 1.0},  # no QA cache: left out
+    ]
+    assert qa_coverage(config, documents, rows) == {"taught": 0.6667, "right_when_taught": 0.5, "questions": 3}
+    assert qa_coverage(config, {"b": documents["b"]}, rows)["taught"] is None
