@@ -1,4 +1,4 @@
-"""Add `qa_coverage` (was each question's answer taught?) to an evaluation run that predates it.
+"""Add `qa_coverage` (did the generator write each question's answer?) to an evaluation run that predates it.
 
     .venv/bin/python jobs/eval_coverage.py eval_recipe_sft --set storage.root=<store> \
         --set generator.model=qwen2.5-coder-0.5b --set train.epochs=5

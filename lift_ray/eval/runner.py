@@ -331,16 +331,17 @@ def gate_agreement(
 def qa_coverage(
     config: LiftConfig, documents: dict[str, Document], per_question: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Was the fact taught? Share of questions whose gold answer (any variant, as whole normalised words) is in
-    the answer of some pair of the document's QA cache (`taught`), and of those, the share answered right
-    (`right_when_taught`): it tells what the generator left out from what the adapter did not learn. Documents
+    """Did the generator write the fact? Share of questions whose gold answer (any variant, as whole normalised
+    words) is the answer, or in the answer, of some pair of the document's QA cache (`in_generated_qa`; before
+    any training-side filter), and of those, the share answered right (`right_when_in_qa`): it separates what
+    the generator left out from what the adapter did not learn. Documents
     without a QA cache (`finetune_raw`) are left out; None when no document has one."""
     from lift_ray.layout import qa_cache_path, read_qa_cache
     from lift_ray.storage import Store
 
     store = Store.from_uri(config.storage.root)
     namespace = config.storage.qa_namespace or config.storage.namespace
-    taught = right_taught = asked = 0
+    in_qa = right_in_qa = asked = 0
     for doc_id, document in documents.items():
         rows = read_qa_cache(store, qa_cache_path(namespace, document, config))
         if not rows:
@@ -349,13 +350,13 @@ def qa_coverage(
         for row in (r for r in per_question if r["doc_id"] == doc_id):
             asked += 1
             if any(f" {normalize_answer(gold)} " in answer for gold in row["answers"] for answer in answers):
-                taught += 1
-                right_taught += bool(row["contains"])
+                in_qa += 1
+                right_in_qa += bool(row["contains"])
     if not asked:
-        return {"taught": None, "right_when_taught": None, "questions": 0}
+        return {"in_generated_qa": None, "right_when_in_qa": None, "questions": 0}
     return {
-        "taught": round(taught / asked, 4),
-        "right_when_taught": round(right_taught / taught, 4) if taught else None,
+        "in_generated_qa": round(in_qa / asked, 4),
+        "right_when_in_qa": round(right_in_qa / in_qa, 4) if in_qa else None,
         "questions": asked,
     }
 

@@ -777,5 +777,5 @@ def test_qa_coverage_counts_questions_whose_answer_some_pair_teaches(tmp_path):
         {"doc_id": "a", "answers": ["Pell"], "contains": 0.0},  # not a whole word of any answer
         {"doc_id": "b", "answers": ["anything"], "contains": 1.0},  # no QA cache: left out
     ]
-    assert qa_coverage(config, documents, rows) == {"taught": 0.6667, "right_when_taught": 0.5, "questions": 3}
-    assert qa_coverage(config, {"b": documents["b"]}, rows)["taught"] is None
+    assert qa_coverage(config, documents, rows) == {"in_generated_qa": 0.6667, "right_when_in_qa": 0.5, "questions": 3}
+    assert qa_coverage(config, {"b": documents["b"]}, rows)["in_generated_qa"] is None
