@@ -438,6 +438,83 @@ QUOTES: list[Quote] = [
             ("which on the embedded model", "engines.vllm_batch16.sentences", {"shown": "of {} sentences"}),
         ],
     ),
+    # docs/evaluation.md: the "Recipes" table, one row per run (and method)
+    *[
+        quote
+        for row, source, method in [
+            ("| sft (the paper's loss) |", "eval_recipe_sft.json", "lift"),
+            ("| sft + distill |", "eval_recipe_distill.json", "lift_sft_distill"),
+            ("| distill |", "eval_recipe_distill.json", "lift_distill"),
+            ("| sft, sentence-grounded pairs only |", "eval_recipe_sentence_only.json", "lift"),
+            ("| sft + guard", "eval_recipe_guard.json", "lift"),
+            ("| sft + sentence answers |", "eval_recipe_sentence_answers.json", "lift"),
+            ("| sft, answer-aware spans |", "eval_recipe_spans.json", "lift"),
+            ("| sft, answer-aware spans + sentence answers |", "eval_recipe_spans_sentences.json", "lift"),
+        ]
+        for quote in prose(
+            "docs/evaluation.md",
+            source,
+            [
+                *[
+                    (row, f"{method}.{key}", {"digits": 3})
+                    for key in (
+                        "contains",
+                        "exact_match",
+                        "f1",
+                        "by_kind.paraphrase.contains",
+                        "general_contains",
+                        "qa_coverage.in_generated_qa",
+                        "qa_coverage.right_when_in_qa",
+                    )
+                ],
+                (row, f"{method}.train_seconds_per_document", {"digits": 0}),
+            ],
+        )
+    ],
+    *prose(
+        "docs/architecture.md",
+        "eval_recipe_spans.json",
+        [("`spans` raised the share of", "lift.qa_coverage.in_generated_qa", {"digits": 3, "shown": "to {},"})],
+    ),
+    *prose(
+        "docs/architecture.md",
+        "eval_recipe_sft.json",
+        [("`spans` raised the share of", "lift.qa_coverage.in_generated_qa", {"digits": 3, "shown": "from {} to"})],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recipe_sentence_answers.json",
+        [
+            ("raises `contains` from 0.318 to", "lift.contains", {"digits": 3, "shown": "to {} ("}),
+            ("raises `contains` from 0.318 to", right("lift"), {"shown": "({} of 85)"}),
+            ("paraphrased questions from 0.323 to", "lift.by_kind.paraphrase.contains", {"digits": 3}),
+            ("so exact match falls", "lift.exact_match", {"digits": 3, "shown": "→ {})"}),
+            ("It doubles the examples:", "lift.train_seconds_per_document", {"digits": 0, "shown": "{} s"}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recipe_spans.json",
+        [
+            (
+                "the share of questions whose answer is in the QA rises",
+                "lift.qa_coverage.in_generated_qa",
+                {"digits": 3},
+            ),
+            ("but the adapter answers fewer of them", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
+            ("so `contains` gains only", "lift.contains", {"digits": 3, "shown": "→ {}."}),
+        ],
+    ),
+    *prose(
+        "README.md",
+        "eval_recipe_sentence_answers.json",
+        [("| `train.sentence_answers` | false |", "lift.contains", {"digits": 2, "shown": "({} against"})],
+    ),
+    *prose(
+        "README.md",
+        "eval_recipe_sft.json",
+        [("| `train.sentence_answers` | false |", "lift.contains", {"digits": 2, "shown": "against {} `contains`"})],
+    ),
     # docs/evaluation.md: the larger base model (student) in "Recipes"
     *prose(
         "docs/evaluation.md",
