@@ -111,20 +111,22 @@ def test_sentence_answers_add_each_question_with_its_whole_sentence(tiny_model_d
     assert all("Bridge 0 was built by Anna Varn." in answer for answer in answers)
 
 
+def _sentence_row(sentence: str, context: str, pairs: list[tuple[str, str]]) -> dict:
+    """One sentence row of document "doc" with its generated pairs."""
+    qa_json = json.dumps([{"question": q, "answer": a} for q, a in pairs])
+    return {"doc_id": "doc", "sentence_index": 1, "sentence": sentence, "context": context, "qa_json": qa_json}
+
+
 def test_sentence_answers_only_drops_pairs_answered_from_the_paragraph(tiny_model_dir: Path) -> None:
-    row = {
-        "doc_id": "doc",
-        "sentence_index": 1,
-        "sentence": "The ferry was started in 1871 by Edda Pellworth.",
-        "context": "Halvenmoor lies on the Ostrel River.",
-        "qa_json": json.dumps(
-            [
-                {"question": "Who started the ferry?", "answer": "Edda Pellworth"},
-                {"question": "What is the name of the river?", "answer": "the Ostrel River"},  # the paragraph's
-                {"question": "When did the ferry start?", "answer": "1871"},
-            ]
-        ),
-    }
+    row = _sentence_row(
+        "The ferry was started in 1871 by Edda Pellworth.",
+        "Halvenmoor lies on the Ostrel River.",
+        [
+            ("Who started the ferry?", "Edda Pellworth"),
+            ("What is the name of the river?", "the Ostrel River"),  # the paragraph's
+            ("When did the ferry start?", "1871"),
+        ],
+    )
     config = {"train.holdout_share": 0}
     every = AdapterTrainer(tiny_model_dir, _config(**config)).row_pairs(row)[0]
     only = AdapterTrainer(tiny_model_dir, _config(**config, **{"train.sentence_answers_only": True})).row_pairs(row)[0]
@@ -132,18 +134,14 @@ def test_sentence_answers_only_drops_pairs_answered_from_the_paragraph(tiny_mode
 
 
 def test_drop_echoed_pairs_keeps_their_questions_only_for_the_sentence_answer(tiny_model_dir: Path) -> None:
-    row = {
-        "doc_id": "doc",
-        "sentence_index": 1,
-        "sentence": "The bridge was designed by Wilhelmina Sato.",
-        "context": "",
-        "qa_json": json.dumps(
-            [
-                {"question": "Who designed the bridge?", "answer": "Wilhelmina Sato"},
-                {"question": "What is the name of the engineer Wilhelmina Sato?", "answer": "Wilhelmina Sato"},
-            ]
-        ),
-    }
+    row = _sentence_row(
+        "The bridge was designed by Wilhelmina Sato.",
+        "",
+        [
+            ("Who designed the bridge?", "Wilhelmina Sato"),
+            ("What is the name of the engineer Wilhelmina Sato?", "Wilhelmina Sato"),
+        ],
+    )
     config = {"train.holdout_share": 0, "train.drop_echoed_pairs": True}
     trainer = AdapterTrainer(tiny_model_dir, _config(**config))
     assert [p["question"] for p in trainer.row_pairs(row)[0]] == ["Who designed the bridge?"]
