@@ -32,6 +32,7 @@ from lift_ray.eval.harness import (
     Question,
     answer_questions,
     budgeted_context,
+    contains_answer,
     judge_answers,
     load_docqa,
     load_general,
@@ -43,7 +44,6 @@ from lift_ray.eval.harness import (
     score_answers,
     write_eval_results,
 )
-from lift_ray.metrics import normalize_answer
 from lift_ray.results import RESULTS_DIR, markdown_table, write_results
 
 log = logging.getLogger(__name__)
@@ -346,10 +346,10 @@ def qa_coverage(
         rows = read_qa_cache(store, qa_cache_path(namespace, document, config))
         if not rows:
             continue
-        answers = [f" {normalize_answer(p['answer'])} " for row in rows for p in json.loads(row["qa_json"])]
+        answers = [p["answer"] for row in rows for p in json.loads(row["qa_json"])]
         for row in (r for r in per_question if r["doc_id"] == doc_id):
             asked += 1
-            if any(f" {normalize_answer(gold)} " in answer for gold in row["answers"] for answer in answers):
+            if any(contains_answer(answer, row["answers"]) for answer in answers):
                 in_qa += 1
                 right_in_qa += bool(row["contains"])
     if not asked:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lift_ray.config import GeneratorSettings, LiftConfig
 from lift_ray.engines import ChatEngine, Generation, SamplingSettings, make_engine
-from lift_ray.metrics import answer_is_grounded, answers_agree, normalize_answer, snap_to_source
+from lift_ray.metrics import answer_in_question, answer_is_grounded, answers_agree, normalize_answer, snap_to_source
 from lift_ray.synth.cache import SentenceQACache, complete_with_cache
 from lift_ray.synth.parsing import parse_qa_output, validate_pairs
 from lift_ray.synth.prompts import (
@@ -114,7 +114,7 @@ class QAGenerator:
             result["malformed"] += 1
             return []
         question = parsed.pairs[0][0]
-        if normalize_answer(answer) in normalize_answer(question):  # the question gives its answer away
+        if answer_in_question(answer, question):  # the question gives its answer away
             result["dropped"] += 1
             return []
         return [(question, answer)]
