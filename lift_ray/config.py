@@ -206,6 +206,18 @@ class TrainSettings(_Section):
         description="also train every question with its whole sentence as the answer (the fact in its own words, "
         "beside the short span); doubles the examples",
     )
+    sentence_answers_prompt: str = Field(
+        "",
+        description="with sentence_answers: the system prompt of the sentence-answer examples; empty: the model's "
+        "own (the adapter then often answers with a whole sentence). A prompt of their own teaches the fact in "
+        "both forms and keeps short answers under the serving prompt",
+    )
+    sentence_answers_per_sentence: int = Field(
+        0,
+        ge=0,
+        description="with sentence_answers: how many of a sentence's questions are also answered with the sentence "
+        "(the first ones); 0: all of them. 1 adds one example per sentence instead of doubling the examples",
+    )
     drop_echoed_pairs: bool = Field(
         False,
         description="leave out pairs whose question already holds their answer ('What is the name of the engineer "
@@ -388,6 +400,10 @@ class LiftConfig(_Section):
             fields.add("sentence_answers_only")
         if self.train.sentence_answers:
             fields.add("sentence_answers")
+            if self.train.sentence_answers_prompt:
+                fields.add("sentence_answers_prompt")
+            if self.train.sentence_answers_per_sentence:
+                fields.add("sentence_answers_per_sentence")
         if self.train.drop_echoed_pairs:
             fields.add("drop_echoed_pairs")
         if self.train.holdout_share:

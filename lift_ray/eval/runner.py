@@ -173,6 +173,23 @@ def _answer_document(
     return rows
 
 
+def changed_settings(config: BaseModel, default: BaseModel) -> dict[str, Any]:
+    """The settings of `config` that differ from `default`, as dotted keys (`train.epochs`) with their values:
+    what a method's adapters were trained with beyond the defaults, recorded beside its figures."""
+    changed: dict[str, Any] = {}
+    ours, theirs = config.model_dump(mode="json"), default.model_dump(mode="json")
+
+    def walk(mine: Any, base: Any, prefix: str) -> None:
+        if isinstance(mine, dict) and isinstance(base, dict):
+            for key, value in mine.items():
+                walk(value, base.get(key), f"{prefix}{key}.")
+        elif mine != base:
+            changed[prefix.rstrip(".")] = mine
+
+    walk(ours, theirs, "")
+    return changed
+
+
 def run_eval(
     config: EvalConfig,
     *,
@@ -293,6 +310,7 @@ def run_eval(
             }
         )
         if method.adapter is not None:
+            entry["lift_settings"] = changed_settings(lift_config, LiftConfig())
             entry["gate"] = gate_agreement(lift_config, documents, scores["per_question"])
             entry["qa_coverage"] = qa_coverage(lift_config, documents, scores["per_question"])
         results[method.name] = entry

@@ -111,6 +111,27 @@ def test_sentence_answers_add_each_question_with_its_whole_sentence(tiny_model_d
     assert all("Bridge 0 was built by Anna Varn." in answer for answer in answers)
 
 
+def test_sentence_answers_under_their_own_prompt_and_for_the_first_questions_only(tiny_model_dir: Path) -> None:
+    rows = [{**row, "sentence": f"Bridge {row['sentence_index']} was built by Anna Varn."} for row in _rows(2)]
+    own_prompt = "Answer with the whole sentence of the document that says it."
+    settings = {
+        "train.holdout_share": 0,
+        "train.sentence_answers": True,
+        "train.sentence_answers_prompt": f"'{own_prompt}'",
+        "train.sentence_answers_per_sentence": 1,
+    }
+    trainer = AdapterTrainer(tiny_model_dir, _config(**settings))
+    examples = trainer.qa_examples(rows)
+    assert len(examples) == 8  # 3 pairs and 1 sentence answer per sentence
+    decoded = [trainer.tokenizer.decode(e["input_ids"]) for e in examples]
+    sentence_examples = [text for text in decoded if "was built by Anna Varn." in text]
+    assert len(sentence_examples) == 2
+    assert all(own_prompt in text and "Who built bridge" in text for text in sentence_examples)
+    assert not any(own_prompt in text for text in decoded if text not in sentence_examples)
+    plain = _config(**{"train.holdout_share": 0, "train.sentence_answers": True})
+    assert _config(**settings).adapter_hash() != plain.adapter_hash()
+
+
 def _sentence_row(sentence: str, context: str, pairs: list[tuple[str, str]]) -> dict:
     """One sentence row of document "doc" with its generated pairs."""
     qa_json = json.dumps([{"question": q, "answer": a} for q, a in pairs])
