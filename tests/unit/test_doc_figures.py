@@ -450,6 +450,8 @@ QUOTES: list[Quote] = [
             ("| sft + sentence answers |", "eval_recipe_sentence_answers.json", "lift"),
             ("| sft, answer-aware spans |", "eval_recipe_spans.json", "lift"),
             ("| sft, answer-aware spans + sentence answers |", "eval_recipe_spans_sentences.json", "lift"),
+            ("| sft + sentence answers **under their own prompt** |", "eval_recipe_sentence_prompt.json", "lift"),
+            ("| the same, for one question per sentence |", "eval_recipe_sentence_prompt_one.json", "lift"),
         ]
         for quote in prose(
             "docs/evaluation.md",
@@ -490,6 +492,28 @@ QUOTES: list[Quote] = [
             ("paraphrased questions from 0.323 to", "lift.by_kind.paraphrase.contains", {"digits": 3}),
             ("so exact match falls", "lift.exact_match", {"digits": 3, "shown": "→ {})"}),
             ("It doubles the examples:", "lift.train_seconds_per_document", {"digits": 0, "shown": "{} s"}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recipe_sentence_prompt.json",
+        [
+            ("`contains` 0.318 →", "lift.contains", {"digits": 3, "shown": "0.318 → {},"}),
+            ("exact match 0.282 →", "lift.exact_match", {"digits": 3, "shown": "0.282 → {},"}),
+            ("F1 0.347 →", "lift.f1", {"digits": 3, "shown": "0.347 → {} against"}),
+            ("in-QA questions answered rises to", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
+            ("the same `in QA` share", "lift.qa_coverage.in_generated_qa", {"digits": 3, "shown": "share ({})"}),
+            ("its train s/doc (", "lift.train_seconds_per_document", {"digits": 0, "shown": "s/doc ({})"}),
+            ("that run's cost (", "lift.train_seconds_per_document", {"digits": 0, "shown": "cost ({} s per"}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recipe_sentence_prompt_one.json",
+        [
+            ("read from the cache:", "lift.train_seconds_per_document", {"digits": 0, "shown": "cache: {} s"}),
+            ("gains nothing over sft (", "lift.contains", {"digits": 3, "shown": "sft ({} /"}),
+            ("gains nothing over sft (", "lift.exact_match", {"digits": 3, "shown": "/ {})"}),
         ],
     ),
     *prose(
