@@ -409,17 +409,17 @@ class AdapterTrainer:
             return []
         weight = 0.0 if train.objective == "distill" else train.gamma if train.variant == "lift_mixed" else 1.0
         distilling = train.objective != "sft"
+        system_prompt = self.config.model.system_prompt
+        sentence_prompt = train.sentence_answers_prompt or system_prompt
         examples = []
         for row in rows:
             context = teacher_context(row, train.teacher_context_chars) if distilling else ""
             trained = self.row_pairs(row)[0]
-            system_prompt = self.config.model.system_prompt
             targets = [(system_prompt, p["question"], p["answer"]) for p in trained]
             if train.sentence_answers and row.get("sentence"):  # questions also answered by their sentence
                 asked = trained + self.echoed_pairs(row)
                 if train.sentence_answers_per_sentence:
                     asked = asked[: train.sentence_answers_per_sentence]
-                sentence_prompt = train.sentence_answers_prompt or system_prompt
                 targets += [(sentence_prompt, p["question"], str(row["sentence"])) for p in asked]
             for prompt, question, answer in targets:
                 example: dict[str, Any] = tokenize_qa(self.tokenizer, prompt, question, answer, train.max_seq_len)
