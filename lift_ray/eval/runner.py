@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,12 @@ from lift_ray.eval.harness import (
     score_answers,
     write_eval_results,
 )
+from lift_ray.report import DocumentReport
 from lift_ray.results import RESULTS_DIR, markdown_table, write_results
 
 log = logging.getLogger(__name__)
 
-LiftFn = Callable[[list[Document], LiftConfig], list[Any]]
+LiftFn = Callable[[list[Document], LiftConfig], list[DocumentReport]]
 ChatModelFactory = Callable[[ServeConfig], ChatModel]
 TRAINED_STATUSES = ("published", "low_quality")  # trained in this run (low_quality: published, flagged)
 
@@ -75,20 +76,23 @@ def niah_config(config: LiftConfig) -> LiftConfig:
 @dataclass(frozen=True)
 class Training:
     """What one LIFT step did: seconds per document it trained (None when it trained none, so there is no
-    time to report), the adapters it trained, and those it reused (already published with the same config
-    by an earlier run)."""
+    time to report), the adapters it trained, those it reused (already published with the same config
+    by an earlier run), and the mean of each stage's time over the trained documents' reports."""
 
     seconds_per_document: float | None
     trained: int
     reused: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def figures(self, prefix: str = "") -> dict[str, Any]:
         """The results fields saying where the adapters came from: `adapters_reused` (any reused),
-        `adapters_reused_count`, `adapters_trained_count` (trained in this run), each after `prefix`."""
+        `adapters_reused_count`, `adapters_trained_count` (trained in this run), and `stage_seconds_per_document`
+        (e.g. `generate_s`, 0 when the QA came from the cache, and `train_s`), each after `prefix`."""
         return {
             f"{prefix}adapters_reused": self.reused > 0,
             f"{prefix}adapters_reused_count": self.reused,
             f"{prefix}adapters_trained_count": self.trained,
+            f"{prefix}stage_seconds_per_document": self.stage_seconds,
         }
 
 
@@ -106,7 +110,22 @@ def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftF
     reused = sum(r.status == "skipped" for r in reports)
     if reused:
         log.info("%d of %d documents were already published; timing the %d trained", reused, len(reports), trained)
-    return Training(round(elapsed / trained, 2) if trained else None, trained, reused)
+    return Training(
+        round(elapsed / trained, 2) if trained else None,
+        trained,
+        reused,
+        mean_stage_seconds([r for r in reports if r.status in TRAINED_STATUSES]),
+    )
+
+
+def mean_stage_seconds(reports: Sequence[DocumentReport]) -> dict[str, float]:
+    """Each timing the reports carry, averaged over the reports that carry it (seconds, 2 decimals)."""
+    names = sorted({name for report in reports for name in report.timings})
+    means = {}
+    for name in names:
+        values = [report.timings[name] for report in reports if name in report.timings]
+        means[name] = round(sum(values) / len(values), 2)
+    return means
 
 
 def build_niah_documents(
@@ -642,10 +661,10 @@ def eval_config_from_args(args: argparse.Namespace) -> EvalConfig:
         setting if setting.split("=", 1)[0].split(".", 1)[0].strip() in EvalConfig.model_fields else f"lift.{setting}"
         for setting in args.overrides
     ]
-    for dest, field in FLAG_FIELDS.items():
+    for dest, field_name in FLAG_FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:
-            overrides.append(f"{field}={json.dumps(value)}")
+            overrides.append(f"{field_name}={json.dumps(value)}")
     if args.no_general:
         overrides.append("general=false")
     config = load_config(EvalConfig, args.config, overrides)

@@ -448,13 +448,6 @@ def test_answer_questions_loads_the_adapter_and_puts_the_context_in_the_prompt()
     assert build_messages("Who?", None) == [{"role": "user", "content": "Who?"}]
 
 
-@dataclass
-class FakeReport:
-    doc_id: str
-    status: str = "published"
-    error: str | None = None
-
-
 def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
     documents, questions = load_docqa()
     gold = {question.question: question.answers[0] for question in questions}
@@ -463,7 +456,7 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
 
     def fake_lift(docs, config):
         lifted.append((config.storage.namespace, config.generator.preset, len(docs)))
-        return [FakeReport(d.doc_id) for d in docs]
+        return [DocumentReport(d.doc_id, "published") for d in docs]
 
     gold.update({needle.question: needle.text for needle in niah.NEEDLES})
     config = EvalConfig(lift={"train": {"epochs": 1}}, niah={"lengths": [128], "depths": [0.0, 1.0]})
@@ -503,7 +496,7 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
 
 def test_run_eval_reports_documents_that_failed_to_lift():
     def failing_lift(docs, config):
-        return [FakeReport(d.doc_id, status="failed", error="no valid QA pairs") for d in docs]
+        return [DocumentReport(d.doc_id, status="failed", error="no valid QA pairs") for d in docs]
 
     with pytest.raises(RuntimeError, match="no valid QA pairs"):
         run_eval(
@@ -520,7 +513,7 @@ def test_run_eval_with_a_context_share_gives_icl_that_share_and_says_so():
     config = EvalConfig(methods=["base", "icl", "lift_icl"], context_share=0.25, general=False)
     results = run_eval(
         config,
-        lift_fn=lambda docs, config: [FakeReport(d.doc_id) for d in docs],
+        lift_fn=lambda docs, config: [DocumentReport(d.doc_id, "published") for d in docs],
         chat_model_factory=lambda serve_config: FakeChatModel(gold, calls),
     )
     prompts = [content for _, content, *_ in calls if "Here is a document." in content]
@@ -552,10 +545,10 @@ def test_run_eval_says_when_adapters_were_reused_from_an_earlier_run():
     gold = {question.question: question.answers[0] for question in questions}
 
     def partly_published(docs, config):  # the first document was already published with this config
-        return [FakeReport(d.doc_id, "skipped" if i == 0 else "published") for i, d in enumerate(docs)]
+        return [DocumentReport(d.doc_id, "skipped" if i == 0 else "published") for i, d in enumerate(docs)]
 
     def all_published(docs, config):
-        return [FakeReport(d.doc_id, "skipped") for d in docs]
+        return [DocumentReport(d.doc_id, "skipped") for d in docs]
 
     def run(lift_fn):
         niah_settings = {"lengths": [64], "depths": [0.5], "needles": ["sandwich"]}
@@ -717,7 +710,12 @@ def test_training_time_is_per_document_trained_and_none_when_all_were_already_pu
 
     def lift_two_skip_one(docs, config):
         time.sleep(0.3)
-        return [DocumentReport(d.doc_id, "skipped" if i == 0 else "published") for i, d in enumerate(docs)]
+        return [
+            DocumentReport(d.doc_id, "skipped", timings={"train_s": 99.0})
+            if i == 0
+            else DocumentReport(d.doc_id, "published", timings={"train_s": float(i), "generate_s": 3.0 * (i - 1)})
+            for i, d in enumerate(docs)
+        ]
 
     def skip_all(docs, config):
         return [DocumentReport(d.doc_id, "skipped") for d in docs]
@@ -729,6 +727,9 @@ def test_training_time_is_per_document_trained_and_none_when_all_were_already_pu
     seconds = training.seconds_per_document
     assert seconds is not None and 0.15 <= seconds < 1.0  # 0.3 s over the 2 trained, not the 3 asked for
     assert (training.trained, training.reused) == (2, 1)
+    # stage means over the trained documents only (the skipped one's 99 s is not a cost of this run)
+    assert training.stage_seconds == {"generate_s": 1.5, "train_s": 1.5}
+    assert training.figures()["stage_seconds_per_document"] == {"generate_s": 1.5, "train_s": 1.5}
     assert train_adapters(documents, LiftConfig(), skip_all) == Training(None, 0, 3)
     flagged = train_adapters(
         documents, LiftConfig(), lambda docs, config: [DocumentReport(docs[0].doc_id, "low_quality")]
