@@ -24,6 +24,11 @@ ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+# The system prompt of sentence-answer examples where a recipe trains them under a prompt of their own
+# (`train.sentence_answers_prompt`): the eval's `lift_sentences` methods use it.
+SENTENCE_ANSWERS_PROMPT = "Answer with the whole sentence of the document that says it."
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used, with the reason."""
 

@@ -119,6 +119,9 @@ class EvalConfig(EvalSection):
         "long-document setting, e.g. 0.25), within context_tokens; None: context_tokens alone",
     )
     max_new_tokens: int = Field(48, ge=1, description="answer length limit")
+    recite_max_new_tokens: int = Field(
+        64, ge=1, description="length limit of the sentence a reciting method's adapter says first (`lift_recite`)"
+    )
     general: bool = Field(True, description="ask the general-knowledge questions (the adapters' side effect)")
     answer_threads: int = Field(
         2, ge=1, description="torch threads of the answering model (1 copes far better with a busy shared machine)"

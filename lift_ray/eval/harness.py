@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lift_ray.config import SENTENCE_ANSWERS_PROMPT
 from lift_ray.documents import Document, read_document_file, validate_doc_id
 from lift_ray.metrics import best_score, normalize_answer
 from lift_ray.results import markdown_table, write_results
@@ -53,6 +54,9 @@ class Method:
     adapter: str | None  # the method whose adapter answers (None: the base model)
     context: bool  # the document, truncated to the context budget, goes in the prompt
     lift_overrides: tuple[str, ...] = ()  # LiftConfig overrides that train `adapter`
+    # "adapter" or "base": the adapter first recites the document's sentence for the question (under the
+    # sentence-answer prompt it was trained with), then this model answers reading that sentence
+    recite: str | None = None
 
     @property
     def namespace(self) -> str | None:
@@ -61,6 +65,12 @@ class Method:
 
 
 _LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5", "storage.qa_namespace=eval-lift")
+_LIFT_SENTENCES = (
+    *_LIFT_5,
+    "train.objective=sft",
+    "train.sentence_answers=true",
+    f"train.sentence_answers_prompt={json.dumps(SENTENCE_ANSWERS_PROMPT)}",
+)
 METHODS: tuple[Method, ...] = (
     Method("base", "base model, question only (what the model knows without the document)", None, False),
     Method("icl", "base model with the document in the prompt, head and tail kept to fit (truncated ICL)", None, True),
@@ -91,6 +101,30 @@ METHODS: tuple[Method, ...] = (
         "lift_sft_distill",
         False,
         (*_LIFT_5, "train.objective=sft+distill"),
+    ),
+    Method(
+        "lift_sentences",
+        "LIFT adapter on the same QA, every question also answered by its whole sentence under a prompt of its own "
+        "(train.sentence_answers_prompt); question only",
+        "lift_sentences",
+        False,
+        _LIFT_SENTENCES,
+    ),
+    Method(
+        "lift_recite",
+        "the `lift_sentences` adapter recites the sentence for the question, then answers reading it",
+        "lift_sentences",
+        False,
+        _LIFT_SENTENCES,
+        recite="adapter",
+    ),
+    Method(
+        "lift_recite_base",
+        "the `lift_sentences` adapter recites the sentence for the question, then the base model answers reading it",
+        "lift_sentences",
+        False,
+        _LIFT_SENTENCES,
+        recite="base",
     ),
     Method(
         "lift_10qa",
@@ -244,6 +278,57 @@ def build_messages(question: str, context: str | None) -> list[dict[str, str]]:
     return [{"role": "user", "content": content}]
 
 
+def answer_by_reciting(
+    chat_model: ChatModel,
+    doc_id: str,
+    questions: Sequence[Question],
+    recite_prompt: str,
+    reader: str,
+    recite_tokens: int,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    """Recite, then answer: the adapter of `doc_id` answers each question with the document's sentence (under
+    `recite_prompt`, the system prompt its sentence answers were trained with), then `reader` ("adapter" or
+    "base") answers the question reading that sentence. Rows as `answer_questions`, plus `recited`; token
+    counts and seconds are both passes'."""
+    if reader not in ("adapter", "base"):
+        raise ValueError(f"reader must be 'adapter' or 'base', got {reader!r}")
+    if not recite_prompt:
+        raise ValueError(
+            "reciting needs adapters trained with train.sentence_answers and train.sentence_answers_prompt"
+        )
+    started = time.perf_counter()
+    if doc_id not in chat_model.loaded:
+        chat_model.load_adapter(doc_id)
+    recite_conversations = [
+        [{"role": "system", "content": recite_prompt}, {"role": "user", "content": q.question}] for q in questions
+    ]
+    recited = _chat_all(chat_model, recite_conversations, doc_id, recite_tokens)
+    read_conversations = [build_messages(q.question, r.text) for q, r in zip(questions, recited, strict=True)]
+    replies = _chat_all(chat_model, read_conversations, doc_id if reader == "adapter" else None, max_new_tokens)
+    seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
+    return [
+        {
+            "id": question.id,
+            "prediction": reply.text,
+            "recited": recital.text,
+            "prompt_tokens": recital.prompt_tokens + reply.prompt_tokens,
+            "completion_tokens": recital.completion_tokens + reply.completion_tokens,
+            "seconds": seconds,
+        }
+        for question, recital, reply in zip(questions, recited, replies, strict=True)
+    ]
+
+
+def _chat_all(
+    chat_model: ChatModel, conversations: list[list[dict[str, str]]], doc_id: str | None, tokens: int
+) -> list:
+    chat_batch = getattr(chat_model, "chat_batch", None)
+    if chat_batch is not None:
+        return chat_batch(conversations, doc_id, tokens)
+    return [chat_model.chat(messages, doc_id, tokens, 0.0) for messages in conversations]
+
+
 def answer_questions(
     chat_model: ChatModel,
     doc_id: str | None,
@@ -258,11 +343,7 @@ def answer_questions(
         chat_model.load_adapter(doc_id)
     conversations = [build_messages(question.question, context) for question in questions]
     started = time.perf_counter()
-    chat_batch = getattr(chat_model, "chat_batch", None)
-    if chat_batch is not None:
-        replies = chat_batch(conversations, doc_id, max_new_tokens)
-    else:
-        replies = [chat_model.chat(messages, doc_id, max_new_tokens, 0.0) for messages in conversations]
+    replies = _chat_all(chat_model, conversations, doc_id, max_new_tokens)
     seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
     return [
         {

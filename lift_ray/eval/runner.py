@@ -30,6 +30,7 @@ from lift_ray.eval.harness import (
     MemoryPeak,
     Method,
     Question,
+    answer_by_reciting,
     answer_questions,
     budgeted_context,
     contains_answer,
@@ -184,12 +185,39 @@ def _answer_document(
     config: EvalConfig,
 ) -> list[dict[str, Any]]:
     """`method`'s answers to `questions` about `document` (its adapter loaded, then unloaded)."""
-    context = method_context(method, document.text, tokenizer, config)
     adapter = document.doc_id if method.adapter is not None else None
-    rows = answer_questions(chat_model, adapter, questions, context, config.max_new_tokens)
+    rows = method_answers(chat_model, method, document, questions, tokenizer, config)
     if adapter is not None and hasattr(chat_model, "unload_adapter"):
         chat_model.unload_adapter(adapter)
     return rows
+
+
+def method_answers(
+    chat_model: ChatModel,
+    method: Method,
+    document: Document,
+    questions: Sequence[Question],
+    tokenizer: Any,
+    config: EvalConfig,
+) -> list[dict[str, Any]]:
+    """`method`'s answers to `questions` about `document`: with its adapter or not, the document in the prompt
+    or not, or (`method.recite`) recited by the adapter under its sentence-answer prompt, then answered."""
+    adapter = document.doc_id if method.adapter is not None else None
+    if method.recite:
+        if adapter is None:
+            raise ValueError(f"method {method.name} recites, so it needs an adapter")
+        recite_prompt = method_config(method, config.lift).train.sentence_answers_prompt
+        return answer_by_reciting(
+            chat_model,
+            adapter,
+            questions,
+            recite_prompt,
+            method.recite,
+            config.recite_max_new_tokens,
+            config.max_new_tokens,
+        )
+    context = method_context(method, document.text, tokenizer, config)
+    return answer_questions(chat_model, adapter, questions, context, config.max_new_tokens)
 
 
 def changed_settings(config: BaseModel, default: BaseModel) -> dict[str, Any]:
@@ -268,18 +296,20 @@ def run_eval(
                 trained[method.adapter]["niah"] = train_adapters(list(niah_docs.values()), lift_niah, lift_fn)
             answered = time.perf_counter()
             predictions: dict[str, str] = {}
+            recited: dict[str, str] = {}  # what a reciting method's adapter said first, kept with its answer
             for doc_id, document in documents.items():
                 doc_questions = [q for q in questions if q.doc_id == doc_id]
                 for row in _answer_document(chat_model, method, document, doc_questions, tokenizer, config):
                     predictions[row["id"]] = row["prediction"]
+                    if "recited" in row:
+                        recited[row["id"]] = row["recited"]
             answer_seconds = time.perf_counter() - answered
             # General questions go without the document: `lift_icl` asks them exactly as `lift` does.
             if general_questions and method.adapter not in general_by_adapter:
                 general_scores = []
                 for document in documents.values() if method.adapter is not None else []:
-                    answers = _answer_document(
-                        chat_model, replace(method, context=False), document, general_questions, tokenizer, config
-                    )
+                    plain = replace(method, context=False, recite=None)  # asked as a plain question, as served
+                    answers = _answer_document(chat_model, plain, document, general_questions, tokenizer, config)
                     general_scores.append(
                         score_answers([a["prediction"] for a in answers], general_questions)["contains"]
                     )
@@ -304,6 +334,8 @@ def run_eval(
                     entry.update(context_figures([d.text for d in niah_docs.values()], tokenizer, config, "niah_"))
             del chat_model
         scores = score_answers([predictions[q.id] for q in questions], questions)
+        for row in scores["per_question"] if recited else []:
+            row["recited"] = recited[row["id"]]
         if judge is not None:
             entry.update(judge_answers(scores["per_question"], judge))
         training = trained.get(method.adapter or "", {}).get("docqa")
@@ -421,9 +453,7 @@ def niah_grids(
     for (name, length, depth, _), document in documents.items():
         needle = niah.get_needle(name)
         question = Question("niah", None, needle.question, (needle.text,), "niah")
-        context = method_context(method, document.text, tokenizer, config)
-        adapter = document.doc_id if method.adapter is not None else None
-        [row] = answer_questions(chat_model, adapter, [question], context, config.max_new_tokens)
+        [row] = method_answers(chat_model, method, document, [question], tokenizer, config)
         outcomes.setdefault(name, {}).setdefault((length, depth), []).append(needle.answered_by(row["prediction"]))
     return {name: niah.niah_accuracy(cells) for name, cells in outcomes.items()}
 

@@ -10,16 +10,19 @@ from pathlib import Path
 import pytest
 
 from lift_ray import results as results_module
-from lift_ray.config import DEFAULT_CACHE_DIR, LiftConfig
+from lift_ray.config import DEFAULT_CACHE_DIR, SENTENCE_ANSWERS_PROMPT, LiftConfig
 from lift_ray.documents import Document, validate_doc_id
 from lift_ray.eval import niah
 from lift_ray.eval.config import EvalConfig
 from lift_ray.eval.harness import (
     CUT_MARKER,
+    DOCQA_DIR,
+    GENERAL_FILE,
     METHOD_NAMES,
     METHODS,
     RESULT_FIELDS,
     Question,
+    answer_by_reciting,
     answer_questions,
     budgeted_context,
     build_messages,
@@ -30,6 +33,7 @@ from lift_ray.eval.harness import (
     judge_answers,
     llm_judge_prompt,
     load_docqa,
+    load_general,
     parse_judge_score,
     plot_niah_heatmap,
     results_table,
@@ -291,6 +295,9 @@ def test_the_methods_and_what_they_need():
         "lift",
         "lift_distill",
         "lift_sft_distill",
+        "lift_sentences",
+        "lift_recite",
+        "lift_recite_base",
         "lift_10qa",
         "lift_icl",
     )
@@ -302,6 +309,9 @@ def test_the_methods_and_what_they_need():
         "lift": (True, False),
         "lift_distill": (True, False),
         "lift_sft_distill": (True, False),
+        "lift_sentences": (True, False),
+        "lift_recite": (True, False),
+        "lift_recite_base": (True, False),
         "lift_10qa": (True, False),
         "lift_icl": (True, True),
     }
@@ -321,6 +331,12 @@ def test_method_configs_train_the_right_variants_in_their_own_namespaces():
     assert len(trained) == 3
     namespaces = {configs[n].storage.namespace for n in ("finetune_raw", "lift", "lift_10qa")}
     assert namespaces == {"eval-finetune_raw", "eval-lift", "eval-lift_10qa"}
+    sentences = configs["lift_sentences"]
+    assert sentences.train.sentence_answers and sentences.train.sentence_answers_prompt == SENTENCE_ANSWERS_PROMPT
+    assert sentences.storage.qa_namespace == "eval-lift"  # the same cached QA as `lift`
+    assert {m.recite for m in METHODS if m.recite} == {"adapter", "base"}
+    assert {m.adapter for m in METHODS if m.recite} == {"lift_sentences"}
+    assert configs["lift_recite"].adapter_hash() == sentences.adapter_hash() != configs["lift"].adapter_hash()
 
 
 # ---------------------------------------------------------------- results and heatmap
@@ -471,10 +487,11 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         "eval-lift",
         "eval-lift_10qa",
         "eval-lift_distill",
+        "eval-lift_sentences",
         "eval-lift_sft_distill",
     ]
     haystacks = 2 * len(niah.NEEDLES)  # 2 cells for each needle
-    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 5
+    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 6
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name
@@ -492,6 +509,69 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
     icl_prompts = [content for doc_id, content, *_ in calls if "Here is a document." in content]
     assert icl_prompts and all(content.count(niah.NEEDLE) <= 1 for content in icl_prompts)
     assert set(eval_results(results)) == set(METHOD_NAMES)
+
+
+class RecitingChatModel(FakeChatModel):
+    """Under the sentence-answer prompt an adapter says the gold answer's sentence; a reader finds the answer only
+    in the text it is given; a plain question gets 'I do not know.' (with or without the adapter)."""
+
+    def chat(self, messages, doc_id, max_new_tokens, temperature=0.0):
+        self.calls.append((doc_id, messages, max_new_tokens))
+        content = messages[-1]["content"]
+        if messages[0]["role"] == "system" and messages[0]["content"] == SENTENCE_ANSWERS_PROMPT:
+            return FakeAnswer(f"The sentence says {self.gold[content]}." if doc_id else "No idea.", 5, 4)
+        if "Here is a document." in content:
+            question = content.rsplit("Question: ", 1)[-1]
+            found = self.gold[question] if self.gold[question] in content else "nothing"
+            return FakeAnswer(f"It is {found}.")
+        return FakeAnswer("I do not know.")
+
+
+def test_answer_by_reciting_recites_under_the_sentence_prompt_then_reads_what_was_recited():
+    calls: list = []
+    model = RecitingChatModel({"question 1?": "Oslo"}, calls)
+    [row] = answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "base", 40, 16)
+    assert model.loaded == {"doc-a"}
+    assert (row["recited"], row["prediction"]) == ("The sentence says Oslo.", "It is Oslo.")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (5 + 3, 4 + 2)  # both passes counted
+    (recite_adapter, recite_messages, recite_tokens), (read_adapter, read_messages, read_tokens) = calls
+    assert (recite_adapter, recite_tokens, read_adapter, read_tokens) == ("doc-a", 40, None, 16)  # base reads
+    assert recite_messages == [
+        {"role": "system", "content": SENTENCE_ANSWERS_PROMPT},
+        {"role": "user", "content": "question 1?"},
+    ]
+    assert read_messages == build_messages("question 1?", "The sentence says Oslo.")
+    calls.clear()
+    answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "adapter", 40, 16)
+    assert calls[1][0] == "doc-a"  # the adapter reads its own recital
+    with pytest.raises(ValueError, match="sentence_answers_prompt"):
+        answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], "", "base", 40, 16)
+    with pytest.raises(ValueError, match="reader"):
+        answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "judge", 40, 16)
+
+
+def test_run_eval_recite_methods_share_the_sentence_adapter_and_ask_general_questions_plainly():
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+    lifted: list[tuple[str, bool, str]] = []
+    calls: list = []
+
+    def fake_lift(docs, config):
+        lifted.append((config.storage.namespace, config.train.sentence_answers, config.train.sentence_answers_prompt))
+        return [DocumentReport(d.doc_id, "published") for d in docs]
+
+    config = EvalConfig(methods=["lift_recite", "lift_sentences", "lift_recite_base"])
+    results = run_eval(config, lift_fn=fake_lift, chat_model_factory=lambda _: RecitingChatModel(gold, calls))
+    assert lifted == [("eval-lift_sentences", True, SENTENCE_ANSWERS_PROMPT)]  # trained once, for all three
+    assert results["lift_sentences"]["contains"] == 0.0  # asked plainly, the fake knows nothing
+    for name in ("lift_recite", "lift_recite_base"):
+        assert results[name]["contains"] == 1.0, name
+        assert all(row["recited"].startswith("The sentence says") for row in results[name]["per_question"])
+    assert "recited" not in results["lift_sentences"]["per_question"][0]
+    general = {question.question for question in load_general(DOCQA_DIR / GENERAL_FILE)}
+    general_calls = [messages for _, messages, _ in calls if messages[-1]["content"] in general]
+    assert general_calls and all(messages[0]["role"] == "user" for messages in general_calls)  # no recital
+    assert results["lift_recite"]["general_contains"] == results["lift_sentences"]["general_contains"] == 0.0
 
 
 def test_run_eval_reports_documents_that_failed_to_lift():
