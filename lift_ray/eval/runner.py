@@ -120,8 +120,12 @@ def train_adapters(documents: list[Document], config: LiftConfig, lift_fn: LiftF
 
 
 def mean_stage_seconds(reports: Sequence[DocumentReport]) -> dict[str, float]:
-    """Each timing the reports carry, averaged over the reports that carry it (seconds, 2 decimals)."""
-    names = sorted({name for report in reports for name in report.timings})
+    """Each per-document stage time the reports carry (`pipeline.TIMING_NAMES`: train_s, compute_s, ...),
+    averaged over the reports that carry it (seconds, 2 decimals). Generation is left out: documents
+    generated together share one `generate_s`, the batch's wall time, which is no cost per document."""
+    from lift_ray.pipeline import TIMING_NAMES
+
+    names = sorted({name for report in reports for name in report.timings if name in TIMING_NAMES})
     means = {}
     for name in names:
         values = [report.timings[name] for report in reports if name in report.timings]
