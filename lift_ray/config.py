@@ -217,6 +217,12 @@ class TrainSettings(_Section):
         "own (the adapter then often answers with a whole sentence). A prompt of their own teaches the fact in "
         "both forms and keeps short answers under the serving prompt",
     )
+    sentence_answers_with_answer: bool = Field(
+        False,
+        description="with sentence_answers: each sentence answer goes on with a line 'Answer: <the pair's short "
+        "answer>', so under the sentence-answer prompt the adapter recalls the sentence, then answers from it "
+        "(read with `recited_answer`)",
+    )
     sentence_answers_per_sentence: int = Field(
         0,
         ge=0,
@@ -409,6 +415,8 @@ class LiftConfig(_Section):
                 fields.add("sentence_answers_prompt")
             if self.train.sentence_answers_per_sentence:
                 fields.add("sentence_answers_per_sentence")
+            if self.train.sentence_answers_with_answer:
+                fields.add("sentence_answers_with_answer")
         if self.train.drop_echoed_pairs:
             fields.add("drop_echoed_pairs")
         if self.train.holdout_share:

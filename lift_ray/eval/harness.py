@@ -55,7 +55,8 @@ class Method:
     context: bool  # the document, truncated to the context budget, goes in the prompt
     lift_overrides: tuple[str, ...] = ()  # LiftConfig overrides that train `adapter`
     # "adapter" or "base": the adapter first recites the document's sentence for the question (under the
-    # sentence-answer prompt it was trained with), then this model answers reading that sentence
+    # sentence-answer prompt it was trained with), then this model answers reading that sentence; "self": the
+    # recital ends with its own answer line (train.sentence_answers_with_answer), one pass
     recite: str | None = None
 
     @property
@@ -125,6 +126,15 @@ METHODS: tuple[Method, ...] = (
         False,
         _LIFT_SENTENCES,
         recite="base",
+    ),
+    Method(
+        "lift_recite_answer",
+        "LIFT adapter on the same QA taught to say the question's sentence, then 'Answer: <short answer>' (under the "
+        "sentence-answer prompt), and asked that way; question only",
+        "lift_recite_answer",
+        False,
+        (*_LIFT_SENTENCES, "train.sentence_answers_with_answer=true"),
+        recite="self",
     ),
     Method(
         "lift_10qa",
@@ -289,10 +299,13 @@ def answer_by_reciting(
 ) -> list[dict[str, Any]]:
     """Recite, then answer: the adapter of `doc_id` answers each question with the document's sentence (under
     `recite_prompt`, the system prompt its sentence answers were trained with), then `reader` ("adapter" or
-    "base") answers the question reading that sentence. Rows as `answer_questions`, plus `recited`; token
-    counts and seconds are both passes'."""
-    if reader not in ("adapter", "base"):
-        raise ValueError(f"reader must be 'adapter' or 'base', got {reader!r}")
+    "base") answers the question reading that sentence; with `reader="self"` the recital ends with its own
+    answer line (`recited_answer`), one pass of up to `recite_tokens + max_new_tokens`. Rows as
+    `answer_questions`, plus `recited`; token counts and seconds are both passes'."""
+    from lift_ray.train.dataset import recited_answer
+
+    if reader not in ("adapter", "base", "self"):
+        raise ValueError(f"reader must be 'adapter', 'base' or 'self', got {reader!r}")
     if not recite_prompt:
         raise ValueError(
             "reciting needs adapters trained with train.sentence_answers and train.sentence_answers_prompt"
@@ -303,6 +316,23 @@ def answer_by_reciting(
     recite_conversations = [
         [{"role": "system", "content": recite_prompt}, {"role": "user", "content": q.question}] for q in questions
     ]
+    if reader == "self":
+        replies = _chat_all(chat_model, recite_conversations, doc_id, recite_tokens + max_new_tokens)
+        seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
+        rows = []
+        for question, reply in zip(questions, replies, strict=True):
+            recital, answer = recited_answer(reply.text)
+            rows.append(
+                {
+                    "id": question.id,
+                    "prediction": answer,
+                    "recited": recital,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "seconds": seconds,
+                }
+            )
+        return rows
     recited = _chat_all(chat_model, recite_conversations, doc_id, recite_tokens)
     read_conversations = [build_messages(q.question, r.text) for q, r in zip(questions, recited, strict=True)]
     replies = _chat_all(chat_model, read_conversations, doc_id if reader == "adapter" else None, max_new_tokens)

@@ -47,6 +47,23 @@ def tokenize_qa(
     return {"input_ids": input_ids, "labels": labels}
 
 
+ANSWER_MARK = "Answer:"  # after a recited sentence, the line with the short answer (train.sentence_answers_with_answer)
+
+
+def recital_with_answer(sentence: str, answer: str) -> str:
+    """The sentence-answer target with `train.sentence_answers_with_answer`: the sentence, then its short answer."""
+    return f"{sentence}\n{ANSWER_MARK} {answer}"
+
+
+def recited_answer(text: str) -> tuple[str, str]:
+    """(recital, answer) of a reply in the `recital_with_answer` form: the answer is what follows the last
+    `ANSWER_MARK`; a reply without one is all recital and answers with its whole text."""
+    recital, mark, answer = text.rpartition(ANSWER_MARK)
+    if not mark:
+        return text.strip(), text.strip()
+    return recital.strip(), answer.strip()
+
+
 def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; padding is masked by length, not by token id (SmolLM2's pad token is its end token).
 

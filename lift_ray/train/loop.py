@@ -38,6 +38,7 @@ from lift_ray.train.dataset import (
     no_pairs_error,
     qa_pairs_from_rows,
     raw_segments,
+    recital_with_answer,
     tokenize_qa,
 )
 from lift_ray.train.distill import (
@@ -420,7 +421,13 @@ class AdapterTrainer:
                 asked = trained + self.echoed_pairs(row)
                 if train.sentence_answers_per_sentence:
                     asked = asked[: train.sentence_answers_per_sentence]
-                targets += [(sentence_prompt, p["question"], str(row["sentence"])) for p in asked]
+                sentence = str(row["sentence"])
+                if train.sentence_answers_with_answer:
+                    targets += [
+                        (sentence_prompt, p["question"], recital_with_answer(sentence, p["answer"])) for p in asked
+                    ]
+                else:
+                    targets += [(sentence_prompt, p["question"], sentence) for p in asked]
             for prompt, question, answer in targets:
                 example: dict[str, Any] = tokenize_qa(self.tokenizer, prompt, question, answer, train.max_seq_len)
                 if weight != 1.0:

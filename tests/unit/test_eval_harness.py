@@ -298,6 +298,7 @@ def test_the_methods_and_what_they_need():
         "lift_sentences",
         "lift_recite",
         "lift_recite_base",
+        "lift_recite_answer",
         "lift_10qa",
         "lift_icl",
     )
@@ -312,6 +313,7 @@ def test_the_methods_and_what_they_need():
         "lift_sentences": (True, False),
         "lift_recite": (True, False),
         "lift_recite_base": (True, False),
+        "lift_recite_answer": (True, False),
         "lift_10qa": (True, False),
         "lift_icl": (True, True),
     }
@@ -334,8 +336,11 @@ def test_method_configs_train_the_right_variants_in_their_own_namespaces():
     sentences = configs["lift_sentences"]
     assert sentences.train.sentence_answers and sentences.train.sentence_answers_prompt == SENTENCE_ANSWERS_PROMPT
     assert sentences.storage.qa_namespace == "eval-lift"  # the same cached QA as `lift`
-    assert {m.recite for m in METHODS if m.recite} == {"adapter", "base"}
-    assert {m.adapter for m in METHODS if m.recite} == {"lift_sentences"}
+    assert {m.recite for m in METHODS if m.recite} == {"adapter", "base", "self"}
+    assert {m.adapter for m in METHODS if m.recite in ("adapter", "base")} == {"lift_sentences"}
+    with_answer = configs["lift_recite_answer"]
+    assert with_answer.train.sentence_answers_with_answer and with_answer.train.sentence_answers_prompt
+    assert with_answer.storage.namespace == "eval-lift_recite_answer"
     assert configs["lift_recite"].adapter_hash() == sentences.adapter_hash() != configs["lift"].adapter_hash()
 
 
@@ -487,11 +492,12 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         "eval-lift",
         "eval-lift_10qa",
         "eval-lift_distill",
+        "eval-lift_recite_answer",
         "eval-lift_sentences",
         "eval-lift_sft_distill",
     ]
     haystacks = 2 * len(niah.NEEDLES)  # 2 cells for each needle
-    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 6
+    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 7
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name
@@ -544,6 +550,13 @@ def test_answer_by_reciting_recites_under_the_sentence_prompt_then_reads_what_wa
     calls.clear()
     answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "adapter", 40, 16)
     assert calls[1][0] == "doc-a"  # the adapter reads its own recital
+    calls.clear()
+    model.chat = lambda messages, doc_id, tokens, temperature=0.0: (
+        calls.append((doc_id, messages, tokens)) or FakeAnswer("Anna lives in Oslo.\nAnswer: Oslo", 5, 9)
+    )
+    [row] = answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "self", 40, 16)
+    assert (row["recited"], row["prediction"], row["completion_tokens"]) == ("Anna lives in Oslo.", "Oslo", 9)
+    assert [(doc_id, tokens) for doc_id, _, tokens in calls] == [("doc-a", 56)]  # one pass, room for both
     with pytest.raises(ValueError, match="sentence_answers_prompt"):
         answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], "", "base", 40, 16)
     with pytest.raises(ValueError, match="reader"):

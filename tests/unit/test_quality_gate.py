@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import LiftConfig, load_config
-from lift_ray.train.dataset import holdout_split
+from lift_ray.config import SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
+from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 
 
@@ -130,6 +130,34 @@ def test_sentence_answers_under_their_own_prompt_and_for_the_first_questions_onl
     assert not any(own_prompt in text for text in decoded if text not in sentence_examples)
     plain = _config(**{"train.holdout_share": 0, "train.sentence_answers": True})
     assert _config(**settings).adapter_hash() != plain.adapter_hash()
+
+
+def test_sentence_answers_with_answer_recite_the_sentence_then_give_the_pairs_answer(tiny_model_dir: Path) -> None:
+    rows = [{**row, "sentence": f"Bridge {row['sentence_index']} was built by Anna Varn."} for row in _rows(1)]
+    settings = {
+        "train.holdout_share": 0,
+        "train.sentence_answers": True,
+        "train.sentence_answers_prompt": f"'{SENTENCE_ANSWERS_PROMPT}'",
+    }
+    trainer = AdapterTrainer(tiny_model_dir, _config(**settings, **{"train.sentence_answers_with_answer": True}))
+    examples = trainer.qa_examples(rows)
+    assert len(examples) == 6  # 3 short pairs, 3 recitals
+    said = [trainer.tokenizer.decode([t for t in e["labels"] if t >= 0]) for e in examples[3:]]
+    pairs = json.loads(rows[0]["qa_json"])
+    for text, pair in zip(said, pairs, strict=True):
+        assert recited_answer(text.split("<|im_end|>")[0]) == ("Bridge 0 was built by Anna Varn.", pair["answer"])
+    assert (
+        _config(**settings, **{"train.sentence_answers_with_answer": True}).adapter_hash()
+        != _config(**settings).adapter_hash()
+    )
+
+
+def test_recited_answer_reads_the_last_answer_line() -> None:
+    text = recital_with_answer("The bridge opened in 1974.", "1974")
+    assert text == "The bridge opened in 1974.\nAnswer: 1974"
+    assert recited_answer(text) == ("The bridge opened in 1974.", "1974")
+    assert recited_answer("Answer: it says Answer: 12") == ("Answer: it says", "12")
+    assert recited_answer("The bridge opened in 1974.") == ("The bridge opened in 1974.", "The bridge opened in 1974.")
 
 
 def _sentence_row(sentence: str, context: str, pairs: list[tuple[str, str]]) -> dict:
