@@ -573,6 +573,13 @@ class ServeConfig(_Section):
     index_ttl_s: float = Field(30.0, ge=0, description="how often the manifest index of a namespace is re-listed")
     context_tokens: int = Field(1024, ge=16, description="with_context: document tokens put in the prompt")
     max_new_tokens: int = Field(64, ge=1)
+    recite: bool = Field(
+        True,
+        description="answer with a document's adapter by reciting first where it was trained to (its manifest's "
+        "`recite`: sentence answers under a prompt of their own): the sentence, then the answer from it. A "
+        "request's `recite` overrides",
+    )
+    recite_max_new_tokens: int = Field(64, ge=1, description="tokens a recital may take before the answer")
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica accepts at once")
     num_replicas: int = Field(1, ge=1, description="fixed replica count when `autoscaling` is not set")
     autoscaling: AutoscalingSettings | None = None

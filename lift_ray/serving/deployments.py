@@ -265,6 +265,7 @@ class OpenAIIngress:
             seed=body.seed,
             with_context=body.with_context,
             adapter_version=version,
+            recite=body.recite,
         )
         model_id = adapter_key(namespace, doc_id) if doc_id is not None else ""
         handle = self.model.options(multiplexed_model_id=model_id, stream=True)

@@ -61,6 +61,11 @@ class CompletionOptions(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     with_context: bool = Field(False, description="put the head and tail of the document in the prompt (LIFT+ICL)")
+    recite: bool | None = Field(
+        None,
+        description="answer by reciting the document's sentence first (adapters trained to: `lift.recite` in "
+        "/v1/models); None: the endpoint's default (`recite`)",
+    )
 
 
 class ChatCompletionBody(CompletionOptions):
@@ -104,6 +109,7 @@ def model_list(namespace: str, manifests: list[dict[str, Any]]) -> dict[str, Any
                 "owned_by": namespace,
                 "lift": {key: manifest.get(key) for key in MODEL_FIELDS}
                 | {"rank": (manifest.get("lora") or {}).get("rank"), "with_context": "document_text" in manifest}
+                | {"recite": bool(manifest.get("recite"))}
                 | {"quality": manifest.get("quality"), "stage": manifest.get("stage", "final")},
             }
         )

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ class AnswerRequest:
     seed: int | None = None
     with_context: bool = False
     adapter_version: str | None = None  # the manifest version the ingress saw (None: whatever is attached)
+    recite: bool | None = None  # None: the endpoint's `recite` setting
 
 
 @dataclass
@@ -236,10 +237,76 @@ class AdapterService:
         manifest = self.attached.get(adapter_key(request.namespace, request.doc_id or ""), {})
         return manifest.get("system_prompt", self.config.model.system_prompt)
 
+    def recital(self, request: AnswerRequest) -> dict[str, str] | None:
+        """How `request` is answered by reciting (its adapter's manifest `recite`), or None when it is not.
+
+        A request that asks to recite (`recite=True`) of the base model, with the document in the prompt, or of
+        an adapter not trained to recite is a BadRequest; by the endpoint's default it just answers plainly."""
+        asked = request.recite is True
+        if not (asked or (request.recite is None and self.config.recite)):
+            return None
+        if request.doc_id is None or request.with_context:
+            if asked:
+                raise BadRequest("recite needs a document id as the model, and no with_context")
+            return None
+        manifest = self.attached.get(adapter_key(request.namespace, request.doc_id), {})
+        settings = manifest.get("recite")
+        if not settings and asked:
+            raise BadRequest(
+                f"the adapter of document {request.doc_id!r} was not trained to recite: LIFT it with "
+                "train.sentence_answers and train.sentence_answers_prompt"
+            )
+        return settings or None
+
+    def _question(self, request: AnswerRequest) -> str:
+        if request.messages is None:
+            if request.prompt is None:
+                raise BadRequest("a request needs messages or a prompt")
+            return request.prompt
+        users = [m["content"] for m in request.messages if m["role"] == "user"]
+        if not users:
+            raise BadRequest("recite needs a user message to answer")
+        return users[-1]
+
+    def _recite(self, request: AnswerRequest, settings: dict[str, str]) -> Iterator[Chunk]:
+        """The answer by reciting: the adapter says the document's sentence for the question under its recital
+        prompt; "answer_line" adapters go on with 'Answer: ...' (only that is returned), "sentence" ones then
+        answer with the recital in the prompt. One chunk: a recital cannot be streamed as answer text."""
+        from lift_ray.train.dataset import recited_answer
+
+        question = self._question(request)
+        messages = [{"role": "system", "content": settings["prompt"]}, {"role": "user", "content": question}]
+        recite_tokens = self.config.recite_max_new_tokens
+        answer_line = settings.get("format") == "answer_line"
+        said = self.answer(
+            replace(
+                request,
+                messages=messages,
+                prompt=None,
+                recite=False,
+                max_new_tokens=recite_tokens + (request.max_new_tokens if answer_line else 0),
+            )
+        )
+        if answer_line:
+            yield Chunk(recited_answer(said.text)[1], said.prompt_tokens, said.completion_tokens, said.finish_reason)
+            return
+        read = [{"role": "user", "content": CONTEXT_PROMPT.format(context=said.text, question=question)}]
+        answer = self.answer(replace(request, messages=read, prompt=None, recite=False))
+        yield Chunk(
+            answer.text,
+            said.prompt_tokens + answer.prompt_tokens,
+            said.completion_tokens + answer.completion_tokens,
+            answer.finish_reason,
+        )
+
     # -- answering
 
     def stream(self, request: AnswerRequest) -> Iterator[Chunk]:
         """Chunks of the answer; the adapter must be attached (`attach`) first."""
+        settings = self.recital(request)
+        if settings is not None:
+            yield from self._recite(request, settings)
+            return
         key = None if request.doc_id is None else adapter_key(request.namespace, request.doc_id)
         ids = self.prompt_ids(request)
         limit = getattr(self.engine, "max_model_len", None)

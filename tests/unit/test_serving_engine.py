@@ -195,3 +195,72 @@ def test_an_adapter_is_copied_into_a_slot_while_another_request_generates(embedd
     engine.remove_adapter("ns/late")
     engine.add_adapter("ns/again", adapters["doc1"])  # the same weights, attached with nothing going on
     assert late == generate(engine, "ns/again") != generate(engine, None)
+
+
+class RecordingEngine:
+    """The real engine, with every generation's prompt, token limit and text kept (what reciting sends)."""
+
+    def __init__(self, engine: HFPeftEngine) -> None:
+        self.engine, self.generations = engine, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
+
+    def stream(self, request: GenerationRequest):
+        text, tokens = "", 0
+        for chunk in self.engine.stream(request):
+            text, tokens = text + chunk.text, chunk.completion_tokens
+            yield chunk
+        prompt_text = self.engine.tokenizer.decode(request.prompt_ids)
+        self.generations.append((prompt_text, request.adapter, request.max_new_tokens, text, tokens))
+
+
+RECITE_PROMPT = "Answer with the whole sentence of the document that says it."
+
+
+@pytest.mark.parametrize("recite_format", ["answer_line", "sentence"])
+def test_reciting_adapters_say_their_sentence_first_then_answer(engine, adapters, tmp_path, recite_format):
+    from lift_ray.train.dataset import recited_answer
+
+    store = Store.from_uri(tmp_path / "store")
+    recite = {"prompt": RECITE_PROMPT, "format": recite_format}
+    publish_adapter(store, NAMESPACE, "reciter", adapters["doc0"], {"system_prompt": "Be brief.", "recite": recite})
+    publish_adapter(store, NAMESPACE, "plain", adapters["doc1"], {"system_prompt": "Be brief."})
+    recording = RecordingEngine(engine)
+    config = ServeConfig(
+        storage=StorageSettings(root=str(tmp_path / "store")), adapter_cache_dir=tmp_path / "cache"
+    ).model_copy(update={"recite_max_new_tokens": 20})
+    service = AdapterService(config, engine=recording)
+    try:
+        for doc_id in ("reciter", "plain"):
+            service.attach(NAMESPACE, doc_id)
+        question = [{"role": "user", "content": "Who built the bridge?"}]
+        answer = service.answer(AnswerRequest(NAMESPACE, "reciter", question, max_new_tokens=8))
+        said_prompt, adapter, limit, said, _ = recording.generations[0]
+        assert adapter == "default/reciter" and RECITE_PROMPT in said_prompt and "Who built the bridge?" in said_prompt
+        assert "Be brief." not in said_prompt
+        if recite_format == "answer_line":
+            assert len(recording.generations) == 1 and limit == 20 + 8
+            assert answer.text == recited_answer(said)[1].strip()
+        else:
+            assert len(recording.generations) == 2 and limit == 20
+            read_prompt, read_adapter, read_limit, read, _ = recording.generations[1]
+            assert read_adapter == "default/reciter" and read_limit == 8 and "Be brief." in read_prompt
+            assert said.strip() in read_prompt and "Question: Who built the bridge?" in read_prompt
+            assert answer.text == read.strip()
+        assert answer.completion_tokens == sum(g[4] for g in recording.generations)  # both passes counted
+        recording.generations.clear()
+        service.answer(AnswerRequest(NAMESPACE, "reciter", question, max_new_tokens=8, recite=False))
+        service.answer(AnswerRequest(NAMESPACE, "plain", question, max_new_tokens=8))  # by default: plainly
+        assert [(RECITE_PROMPT in g[0], "Be brief." in g[0]) for g in recording.generations] == [(False, True)] * 2
+        with pytest.raises(BadRequest, match="'plain' was not trained to recite"):
+            service.answer(AnswerRequest(NAMESPACE, "plain", question, recite=True))
+        with pytest.raises(BadRequest, match="recite needs a document id"):
+            service.answer(AnswerRequest(NAMESPACE, None, question, recite=True))
+        off = AdapterService(config.model_copy(update={"recite": False}), engine=recording)
+        off.attach(NAMESPACE, "reciter")
+        assert off.recital(AnswerRequest(NAMESPACE, "reciter", question)) is None  # the endpoint's default: off
+        assert off.recital(AnswerRequest(NAMESPACE, "reciter", question, recite=True)) == recite
+    finally:
+        for key in list(engine._names):
+            engine.remove_adapter(key)
