@@ -301,11 +301,24 @@ class TrainSettings(_Section):
 
 
 # Presets fill in whatever a config does not set explicitly (YAML, overrides or constructor arguments win).
-# `cpu` is the default: tuned for the embedded 135M model on CPU cores (see README, "Configuration").
+# `cpu` is the default: tuned for the embedded 135M model on CPU cores (see README, "Configuration"), with the
+# best recipe measured (docs/evaluation.md, "Recipes"): every question also answered by reciting its sentence,
+# then the short answer, under a prompt of its own (served by reciting, docs/serving.md).
 # `paper` is the LIFT paper's Appendix A (Llama 3, SQuAD/LooGLE): r=128, alpha=256, all linear layers,
-# lr 5e-5, 5 epochs, bf16 base weights.
+# lr 5e-5, 5 epochs, bf16 base weights, and its plain QA training.
+RECITE_RECIPE: dict[str, Any] = {
+    "sentence_answers": True,
+    "sentence_answers_prompt": SENTENCE_ANSWERS_PROMPT,
+    "sentence_answers_with_answer": True,
+}
+# Overrides that turn the recite recipe off: plain QA pairs, the paper's training (the eval's `lift`).
+PLAIN_QA_TRAINING: tuple[str, ...] = (
+    "train.sentence_answers=false",
+    "train.sentence_answers_prompt=''",
+    "train.sentence_answers_with_answer=false",
+)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "cpu": {},
+    "cpu": {"train": RECITE_RECIPE},
     "paper": {
         "model": {"dtype": "bfloat16"},
         "lora": {"rank": 128, "alpha": 256, "target_modules": list(ALL_LINEAR)},

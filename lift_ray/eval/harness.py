@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lift_ray.config import SENTENCE_ANSWERS_PROMPT
+from lift_ray.config import PLAIN_QA_TRAINING, SENTENCE_ANSWERS_PROMPT
 from lift_ray.documents import Document, read_document_file, validate_doc_id
 from lift_ray.metrics import best_score, normalize_answer
 from lift_ray.results import markdown_table, write_results
@@ -65,7 +65,8 @@ class Method:
         return None if self.adapter is None else validate_doc_id(f"eval-{self.adapter}", "namespace")
 
 
-_LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5", "storage.qa_namespace=eval-lift")
+# The paper's recipe (plain QA training) with m = 5 and one QA cache shared by every method trained on it.
+_LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5", "storage.qa_namespace=eval-lift", *PLAIN_QA_TRAINING)
 _LIFT_SENTENCES = (
     *_LIFT_5,
     "train.objective=sft",
@@ -80,7 +81,7 @@ METHODS: tuple[Method, ...] = (
         "adapter trained on overlapping raw segments of the document (Finetune-Raw); question only",
         "finetune_raw",
         False,
-        ("train.variant=finetune_raw",),
+        ("train.variant=finetune_raw", *PLAIN_QA_TRAINING),
     ),
     Method(
         "lift",
@@ -141,7 +142,7 @@ METHODS: tuple[Method, ...] = (
         "LIFT adapter, m=10 QA pairs per sentence; question only",
         "lift_10qa",
         False,
-        ("train.variant=lift", "generator.qa_per_sentence=10"),
+        ("train.variant=lift", "generator.qa_per_sentence=10", *PLAIN_QA_TRAINING),
     ),
     Method(
         "lift_icl",

@@ -174,6 +174,14 @@ def test_with_context_puts_the_document_into_the_prompt(endpoint):
     assert status == 400 and "document id" in reply["detail"]
 
 
+def test_recite_is_refused_for_an_adapter_not_trained_to_recite(endpoint):
+    status, _, reply = chat(endpoint, "a1", recite=True)
+    assert status == 400 and "'a1' was not trained to recite" in reply["detail"]
+    assert content(chat(endpoint, "a1", recite=False)[2]) == content(chat(endpoint, "a1")[2])  # plain, as by default
+    models = call(endpoint, "/v1/models", key=KEY_A)[2]["data"]
+    assert [m["lift"]["recite"] for m in models[1:]] == [False] * 4
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lift_ray.config import LiftConfig, load_config
+from lift_ray.config import PLAIN_QA_TRAINING, LiftConfig, load_config
 from lift_ray.models import load_causal_lm, load_tokenizer
 from lift_ray.train.dataset import IGNORE_INDEX, closing_tokens, collate, tokenize_qa
 from lift_ray.train.distill import (
@@ -28,8 +28,10 @@ SYSTEM = "You are a helpful assistant."
 
 
 def _config(**overrides: Any) -> LiftConfig:
+    """Plain QA training (the default recipe's sentence answers off), then `overrides`."""
     base = {"train.epochs": 2, "train.batch_size": 4, "train.holdout_share": 0}
-    return load_config(LiftConfig, None, [f"{k}={v}" for k, v in {**base, **overrides}.items()])
+    settings = [*PLAIN_QA_TRAINING, *(f"{k}={v}" for k, v in {**base, **overrides}.items())]
+    return load_config(LiftConfig, None, settings)
 
 
 def _rows(facts: list[str]) -> list[dict[str, Any]]:

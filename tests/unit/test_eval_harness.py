@@ -505,8 +505,17 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
     assert results["lift"]["train_seconds_per_document"] is not None
     assert results["icl"]["train_seconds_per_document"] is None and results["icl"]["seconds_per_document"] > 0
     assert results["lift"]["general_contains"] == 0.0  # the fake answers the document, not the general question
-    lift_settings = {"train.epochs": 1, "storage.namespace": "eval-lift", "storage.qa_namespace": "eval-lift"}
+    lift_settings = {
+        "train.epochs": 1,
+        "storage.namespace": "eval-lift",
+        "storage.qa_namespace": "eval-lift",
+        # the paper's training: the default recipe's sentence answers off
+        "train.sentence_answers": False,
+        "train.sentence_answers_prompt": "",
+        "train.sentence_answers_with_answer": False,
+    }
     assert results["lift"]["lift_settings"] == lift_settings
+    assert "train.sentence_answers" not in results["lift_recite_answer"]["lift_settings"]  # the default recipe
     assert results["lift_10qa"]["lift_settings"]["generator.qa_per_sentence"] == 10
     assert "lift_settings" not in results["icl"]
     assert results["lift"]["niah_grid"] == {"128@0.0": 1.0, "128@1.0": 1.0}

@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
+from lift_ray.config import PLAIN_QA_TRAINING, SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
 from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 
 
 def _config(**overrides: Any) -> LiftConfig:
+    """Plain QA training (the default recipe's sentence answers off), then `overrides`."""
     base = {"train.epochs": 2, "train.batch_size": 4}
-    return load_config(LiftConfig, None, [f"{k}={v}" for k, v in {**base, **overrides}.items()])
+    settings = [*PLAIN_QA_TRAINING, *(f"{k}={v}" for k, v in {**base, **overrides}.items())]
+    return load_config(LiftConfig, None, settings)
 
 
 def _pairs(i: int) -> list[dict[str, str]]:
@@ -149,6 +151,19 @@ def test_sentence_answers_with_answer_recite_the_sentence_then_give_the_pairs_an
     assert (
         _config(**settings, **{"train.sentence_answers_with_answer": True}).adapter_hash()
         != _config(**settings).adapter_hash()
+    )
+
+
+def test_the_default_recipe_recites_and_the_paper_preset_trains_plain_pairs() -> None:
+    default, paper = LiftConfig(), LiftConfig(preset="paper")
+    assert default.train.sentence_answers and default.train.sentence_answers_with_answer
+    assert default.train.sentence_answers_prompt == SENTENCE_ANSWERS_PROMPT
+    assert not paper.train.sentence_answers and not paper.train.sentence_answers_with_answer
+    explicit = load_config(LiftConfig, None, ["train.sentence_answers=false"])
+    assert not explicit.train.sentence_answers  # a setting of the config wins over the preset
+    assert (
+        _config().adapter_hash()
+        != load_config(LiftConfig, None, ["train.epochs=2", "train.batch_size=4"]).adapter_hash()
     )
 
 
