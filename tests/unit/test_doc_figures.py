@@ -452,6 +452,9 @@ QUOTES: list[Quote] = [
             ("| sft, answer-aware spans + sentence answers |", "eval_recipe_spans_sentences.json", "lift"),
             ("| sft + sentence answers **under their own prompt** |", "eval_recipe_sentence_prompt.json", "lift"),
             ("| the same, for one question per sentence |", "eval_recipe_sentence_prompt_one.json", "lift"),
+            ("**asked by reciting**: the adapter says", "eval_recite.json", "lift_recite"),
+            ("| the same adapter's recital, read by the base model |", "eval_recite.json", "lift_recite_base"),
+            ("| **recite, then the answer line**", "eval_recite_answer.json", "lift_recite_answer"),
         ]
         for quote in prose(
             "docs/evaluation.md",
@@ -504,7 +507,58 @@ QUOTES: list[Quote] = [
             ("in-QA questions answered rises to", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
             ("the same `in QA` share", "lift.qa_coverage.in_generated_qa", {"digits": 3, "shown": "share ({})"}),
             ("its train s/doc (", "lift.train_seconds_per_document", {"digits": 0, "shown": "s/doc ({})"}),
-            ("that run's cost (", "lift.train_seconds_per_document", {"digits": 0, "shown": "cost ({} s per"}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recite.json",
+        [
+            ("(`lift_recite`, the adapter reading its own recital) answers", "lift_recite.contains", {"digits": 3}),
+            ("85 questions against", "lift_sentences.contains", {"digits": 3, "shown": "against {} when"}),
+            ("exact match falls (", "lift_recite.exact_match", {"digits": 3, "shown": "falls ({})"}),
+            ("(`lift_recite_base`:", "lift_recite_base.contains", {"digits": 3, "shown": "`lift_recite_base`: {},"}),
+            ("(`lift_recite_base`:", "lift_recite_base.exact_match", {"digits": 3, "shown": "EM {}:"}),
+            ("`stage_seconds_per_document.train_s`, is", "lift.stage_seconds_per_document.train_s", {"digits": 0}),
+            ("per document for sft,", "lift_sentences.stage_seconds_per_document.train_s", {"digits": 0}),
+            (
+                "answering by reciting takes 0.94 s per question",
+                "lift_sentences.answer_seconds_per_question",
+                {"digits": 2, "shown": "against {} s"},
+            ),
+            ("The synthesis of this QA took", "lift.stage_seconds_per_document.generate_s", {"digits": 0}),
+            ("its sft row:", "lift.train_seconds_per_document", {"digits": 0, "shown": "row: {} s"}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recite_answer.json",
+        [
+            ("every recipe measured on every score: `contains`", "lift_recite_answer.contains", {"digits": 3}),
+            ("exact match 0.388, F1", "lift_recite_answer.exact_match", {"digits": 3, "shown": "exact match {},"}),
+            ("exact match 0.388, F1", "lift_recite_answer.f1", {"digits": 3, "shown": "F1 {},"}),
+            (
+                "F1 0.468, paraphrased questions",
+                "lift_recite_answer.by_kind.paraphrase.contains",
+                {"digits": 3, "shown": "questions\n{}"},
+            ),
+            ("the in-QA questions answered", "lift_recite_answer.qa_coverage.right_when_in_qa", {"digits": 3}),
+            ("more general questions kept (", "lift_recite_answer.general_contains", {"digits": 3}),
+            (
+                "and 219 s with the answer line",
+                "lift_recite_answer.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "and {} s with"},
+            ),
+            ("answering by reciting takes", "lift_recite_answer.answer_seconds_per_question", {"digits": 2}),
+            (
+                "plus 219 s with the default recipe",
+                "lift_recite_answer.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "plus {} s"},
+            ),
+            (
+                "sft's training time (",
+                "lift_recite_answer.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "time ({} s against"},
+            ),
         ],
     ),
     *prose(
