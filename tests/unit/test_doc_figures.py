@@ -585,13 +585,13 @@ QUOTES: list[Quote] = [
     ),
     *prose(
         "README.md",
-        "eval_recipe_sentence_answers.json",
-        [("| `train.sentence_answers` | false |", "lift.contains", {"digits": 2, "shown": "({} against"})],
+        "eval_recite_answer.json",
+        [("| `train.sentence_answers` | true", "lift_recite_answer.contains", {"digits": 2, "shown": "({} against"})],
     ),
     *prose(
         "README.md",
-        "eval_recipe_sft.json",
-        [("| `train.sentence_answers` | false |", "lift.contains", {"digits": 2, "shown": "against {} `contains`"})],
+        "eval_recite.json",
+        [("| `train.sentence_answers` | true", "lift.contains", {"digits": 2, "shown": "against {})"})],
     ),
     # docs/evaluation.md: the larger base model (student) in "Recipes"
     *prose(
