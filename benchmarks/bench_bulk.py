@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from lift_ray.config import LiftConfig, load_config
+from lift_ray.config import PLAIN_QA_TRAINING, LiftConfig, load_config
 from lift_ray.results import REPO_ROOT
 from testkit.bench import (
     RESULTS_DIR,
@@ -68,6 +68,7 @@ JOB_TIMEOUT_S = 4 * 3600
 # The job's LiftConfig before --config/--set: one pair per sentence, one epoch of a rank-4 adapter, no quality
 # gate; the generator and the trainers side by side on a 2-CPU node (0.25 + 2 x 0.4 + 0.25 for the split).
 BULK_DEFAULTS = [
+    *PLAIN_QA_TRAINING,  # plain pairs, as recorded: the orchestration is measured, not the recipe
     "generator.engine=openai",
     "generator.openai.model=chat-stub",
     "generator.openai.max_concurrency=16",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lift_ray.config import LiftConfig, ServeConfig, load_config
+from lift_ray.config import PLAIN_QA_TRAINING, LiftConfig, ServeConfig, load_config
 from testkit.local_s3 import free_port
 
 # Fractional CPUs so training workers, a generator actor (both at once when training streams from the
@@ -30,7 +30,16 @@ TINY_GENERATOR: dict[str, Any] = {
     "answer_aware": "off",
     "verify_answers": False,
 }
-TINY_TRAIN: dict[str, Any] = {"epochs": 1, "threads_per_worker": 1, "batch_size": 2, "max_seq_len": 128}
+TINY_TRAIN: dict[str, Any] = {
+    "epochs": 1,
+    "threads_per_worker": 1,
+    "batch_size": 2,
+    "max_seq_len": 128,
+    # plain pairs: the default recite recipe off (PLAIN_QA_TRAINING)
+    "sentence_answers": False,
+    "sentence_answers_prompt": "",
+    "sentence_answers_with_answer": False,
+}
 TINY_LORA: dict[str, Any] = {"rank": 4, "alpha": 8}
 
 
@@ -59,9 +68,12 @@ def s3_store_root(s3_server: str) -> str:
 
 @pytest.fixture(scope="session")
 def lift_config(s3_store_root: str, tmp_path_factory: pytest.TempPathFactory) -> LiftConfig:
-    """The CPU test configuration: the embedded model, the paper's m=5 pairs, r=16 at lr 1e-3."""
+    """The CPU test configuration: the embedded model, the paper's m=5 plain pairs (PLAIN_QA_TRAINING: the
+    default recite recipe off, as most tests check plumbing, and it triples training), r=16 at lr 1e-3.
+    `test_generated_qa_teaches` turns the default recipe back on (`RECITE_RECIPE`)."""
     work_dir = tmp_path_factory.mktemp("lift-work")
-    return load_config(LiftConfig, None, [*TEST_OVERRIDES, f"storage.root={s3_store_root}", f"work_dir={work_dir}"])
+    settings = [*TEST_OVERRIDES, *PLAIN_QA_TRAINING, f"storage.root={s3_store_root}", f"work_dir={work_dir}"]
+    return load_config(LiftConfig, None, settings)
 
 
 @pytest.fixture(scope="session")
