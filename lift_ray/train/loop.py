@@ -39,6 +39,7 @@ from lift_ray.train.dataset import (
     qa_pairs_from_rows,
     raw_segments,
     recital_with_answer,
+    recited_answer,
     tokenize_qa,
 )
 from lift_ray.train.distill import (
@@ -55,6 +56,9 @@ from lift_ray.train.distill import (
 from lift_ray.train.gate import agreements, greedy_answers
 
 log = logging.getLogger(__name__)
+
+
+RECITAL_TOKENS = 64  # what a recital may take before its answer line (ServeConfig.recite_max_new_tokens)
 
 
 @dataclass
@@ -460,13 +464,27 @@ class AdapterTrainer:
             return []
         return [p for p in json.loads(row["qa_json"]) if answer_in_question(p["answer"], p["question"])]
 
+    @property
+    def recites(self) -> bool:
+        """Whether the adapter is trained to recite with an answer line, and so is asked that way (as served)."""
+        train = self.config.train
+        return bool(train.sentence_answers and train.sentence_answers_prompt and train.sentence_answers_with_answer)
+
     def holdout_score(self, held: list[dict[str, str]]) -> float:
-        """Share of held-out questions the adapter answers (the ranks split the questions; all get the total)."""
-        collective = self.collective
+        """Share of held-out questions the adapter answers (the ranks split the questions; all get the total).
+
+        A reciting adapter is asked as the endpoint asks it: under its recital prompt, the answer line read."""
+        collective, train = self.collective, self.config.train
         mine = held[collective.rank :: collective.world_size]
-        replies = greedy_answers(
-            self.model, self.tokenizer, self.config.model.system_prompt, [p["question"] for p in mine], 32, self.device
-        )
+        questions = [p["question"] for p in mine]
+        if self.recites:
+            said = greedy_answers(
+                self.model, self.tokenizer, train.sentence_answers_prompt, questions, 32 + RECITAL_TOKENS, self.device
+            )
+            replies = [recited_answer(text)[1] for text in said]
+        else:
+            system_prompt = self.config.model.system_prompt
+            replies = greedy_answers(self.model, self.tokenizer, system_prompt, questions, 32, self.device)
         counts = torch.tensor([agreements(replies, mine), len(mine)], dtype=torch.float32, device=self.device)
         right, asked = collective.all_reduce_sum(counts).tolist()
         return right / asked if asked else float("nan")
@@ -491,6 +509,7 @@ class AdapterTrainer:
         result.quality = {
             "holdout_pairs": len(held),
             "holdout_score": round(score, 4),
+            "recited": self.recites,
             "extra_epochs": extra,
             "min_quality": train.min_quality,
             "passed": score >= train.min_quality,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import PLAIN_QA_TRAINING, SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
+from lift_ray.config import PLAIN_QA_TRAINING, RECITE_RECIPE, SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
 from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 
@@ -56,6 +56,31 @@ def test_held_out_pairs_are_not_trained_and_the_score_lands_in_the_result(tiny_m
     assert quality["holdout_pairs"] == 4 and 0.0 <= quality["holdout_score"] <= 1.0
     assert quality["passed"] and quality["extra_epochs"] == 0 and len(result.history.epoch_losses) == 2
     assert result.qa_count == 12 and "gate_s" in result.timings
+    assert quality["recited"] is False  # plain pairs: asked plainly
+
+
+def test_a_reciting_adapter_is_gated_the_way_the_endpoint_asks_it(tiny_model_dir: Path, monkeypatch) -> None:
+    import lift_ray.train.loop as loop
+
+    recipe = {
+        "train.holdout_share": 1.0,
+        **{f"train.{k}": repr(v) if isinstance(v, str) else v for k, v in RECITE_RECIPE.items()},
+    }
+    trainer = AdapterTrainer(tiny_model_dir, _config(**recipe))
+    assert trainer.recites and not AdapterTrainer(tiny_model_dir, _config()).recites
+    asked: list[tuple[str, int]] = []
+    real = loop.greedy_answers
+
+    def recording(model, tokenizer, system_prompt, questions, max_new_tokens, device):
+        asked.append((system_prompt, max_new_tokens))
+        return real(model, tokenizer, system_prompt, questions, max_new_tokens, device)
+
+    monkeypatch.setattr(loop, "greedy_answers", recording)
+    result = trainer.train_document(
+        DocumentJob("doc", rows=[{**r, "sentence": "Bridges were built."} for r in _rows(2)])
+    )
+    assert asked == [(SENTENCE_ANSWERS_PROMPT, 32 + loop.RECITAL_TOKENS)]
+    assert result.quality["recited"] is True and 0.0 <= result.quality["holdout_score"] <= 1.0
 
 
 def test_an_adapter_below_the_bar_trains_more_then_is_reported_not_passed(tiny_model_dir: Path) -> None:
