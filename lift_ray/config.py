@@ -27,6 +27,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # The system prompt of sentence-answer examples where a recipe trains them under a prompt of their own
 # (`train.sentence_answers_prompt`): the eval's `lift_sentences` methods use it.
 SENTENCE_ANSWERS_PROMPT = "Answer with the whole sentence of the document that says it."
+RECITAL_TOKENS = 64  # what a recital may take before its answer (serving, the eval and the quality gate)
 
 
 class ConfigError(ValueError):
@@ -436,6 +437,19 @@ class LiftConfig(_Section):
             fields |= {"holdout_share", "min_quality", "quality_retry_epochs"}
         return fields
 
+    def recite_settings(self) -> dict[str, str] | None:
+        """How adapters of this config recite, for their manifests: the system prompt their sentence answers are
+        trained under and their `format` ("answer_line": the sentence, then 'Answer: ...'; "sentence": the
+        sentence alone); None when they are not trained to recite (no sentence answers, or under the serving
+        prompt)."""
+        train = self.train
+        if not (train.sentence_answers and train.sentence_answers_prompt):
+            return None
+        return {
+            "prompt": train.sentence_answers_prompt,
+            "format": "answer_line" if train.sentence_answers_with_answer else "sentence",
+        }
+
     def generator_fingerprint(self) -> dict[str, Any]:
         """Everything about the generator that changes its pairs (not resources, not training settings)."""
         generator = self.generator
@@ -592,7 +606,7 @@ class ServeConfig(_Section):
         "`recite`: sentence answers under a prompt of their own): the sentence, then the answer from it. A "
         "request's `recite` overrides",
     )
-    recite_max_new_tokens: int = Field(64, ge=1, description="tokens a recital may take before the answer")
+    recite_max_new_tokens: int = Field(RECITAL_TOKENS, ge=1, description="tokens a recital may take before the answer")
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica accepts at once")
     num_replicas: int = Field(1, ge=1, description="fixed replica count when `autoscaling` is not set")
     autoscaling: AutoscalingSettings | None = None

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lift_ray.config import LiftConfig
+from lift_ray.config import RECITAL_TOKENS, LiftConfig
 from lift_ray.documents import validate_doc_id
 from lift_ray.eval.harness import DOCQA_DIR, METHOD_NAMES, Method, get_method
 from lift_ray.eval.niah import DEFAULT_DEPTHS, NEEDLE_NAMES, Needle, get_needle
@@ -120,7 +120,9 @@ class EvalConfig(EvalSection):
     )
     max_new_tokens: int = Field(48, ge=1, description="answer length limit")
     recite_max_new_tokens: int = Field(
-        64, ge=1, description="length limit of the sentence a reciting method's adapter says first (`lift_recite`)"
+        RECITAL_TOKENS,
+        ge=1,
+        description="length limit of the sentence a reciting method's adapter says first (`lift_recite`)",
     )
     general: bool = Field(True, description="ask the general-knowledge questions (the adapters' side effect)")
     answer_threads: int = Field(

@@ -88,7 +88,7 @@ class Training:
     def figures(self, prefix: str = "") -> dict[str, Any]:
         """The results fields saying where the adapters came from: `adapters_reused` (any reused),
         `adapters_reused_count`, `adapters_trained_count` (trained in this run), and `stage_seconds_per_document`
-        (e.g. `generate_s`, 0 when the QA came from the cache, and `train_s`), each after `prefix`."""
+        (`mean_stage_seconds`), each after `prefix`."""
         return {
             f"{prefix}adapters_reused": self.reused > 0,
             f"{prefix}adapters_reused_count": self.reused,

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from lift_ray.config import LiftConfig, LoraSettings
+from lift_ray.config import RECITAL_TOKENS, LiftConfig, LoraSettings
 from lift_ray.metrics import answer_in_question, answer_is_grounded
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
@@ -56,9 +56,6 @@ from lift_ray.train.distill import (
 from lift_ray.train.gate import agreements, greedy_answers
 
 log = logging.getLogger(__name__)
-
-
-RECITAL_TOKENS = 64  # what a recital may take before its answer line (ServeConfig.recite_max_new_tokens)
 
 
 @dataclass
@@ -467,8 +464,8 @@ class AdapterTrainer:
     @property
     def recites(self) -> bool:
         """Whether the adapter is trained to recite with an answer line, and so is asked that way (as served)."""
-        train = self.config.train
-        return bool(train.sentence_answers and train.sentence_answers_prompt and train.sentence_answers_with_answer)
+        settings = self.config.recite_settings()
+        return settings is not None and settings["format"] == "answer_line"
 
     def holdout_score(self, held: list[dict[str, str]]) -> float:
         """Share of held-out questions the adapter answers (the ranks split the questions; all get the total).

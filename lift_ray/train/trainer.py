@@ -51,19 +51,6 @@ from lift_ray.train.loop import (
 log = logging.getLogger(__name__)
 
 
-def recite_settings(config: LiftConfig) -> dict[str, str] | None:
-    """How the adapter recites, for its manifest: the system prompt its sentence answers were trained under and
-    their `format` ("answer_line": the sentence, then 'Answer: ...'; "sentence": the sentence alone); None when
-    it was not trained to recite (no sentence answers, or under the serving prompt)."""
-    train = config.train
-    if not (train.sentence_answers and train.sentence_answers_prompt):
-        return None
-    return {
-        "prompt": train.sentence_answers_prompt,
-        "format": "answer_line" if train.sentence_answers_with_answer else "sentence",
-    }
-
-
 def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResult) -> dict[str, Any]:
     """The manifest fields that describe how an adapter was made."""
     return {
@@ -81,7 +68,7 @@ def adapter_manifest(config: LiftConfig, job: DocumentJob, result: DocumentResul
         "lora": config.lora.model_dump(mode="json"),
         "adapter_dtype": config.model.dtype,
         "system_prompt": config.model.system_prompt,
-        "recite": recite_settings(config),
+        "recite": config.recite_settings(),
         "created_at": datetime.now(UTC).isoformat(),
         "timings": {k: round(v, 3) for k, v in result.timings.items() if k.endswith("_s")},
     }

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 
 from lift_ray.cli import DEMO_QUESTIONS, SAMPLE_DOCUMENT
-from lift_ray.config import RECITE_RECIPE, LiftConfig, ServeConfig
+from lift_ray.config import RECITAL_TOKENS, RECITE_RECIPE, LiftConfig, ServeConfig
 from lift_ray.documents import read_document_file
 from lift_ray.eval.answerer import EvalChatModel
 from lift_ray.eval.harness import Question, answer_by_reciting, answer_questions, contains_answer
 from lift_ray.pipeline import lift_documents
-from lift_ray.train.trainer import recite_settings
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +36,9 @@ def test_generated_qa_teaches_facts_the_base_model_does_not_know(ray_cluster: No
         for i, (question, answer) in enumerate(DEMO_QUESTIONS)
     ]
     chat_model = EvalChatModel(ServeConfig(model=config.model, storage=config.storage, torch_threads=2))
-    recite = recite_settings(config)  # the default recipe recites: asked the way the endpoint asks it
+    recite = config.recite_settings()  # the default recipe recites: asked the way the endpoint asks it
     assert recite is not None and recite["format"] == "answer_line"
-    lifted = answer_by_reciting(chat_model, document.doc_id, questions, recite["prompt"], "self", 64, 24)
+    lifted = answer_by_reciting(chat_model, document.doc_id, questions, recite["prompt"], "self", RECITAL_TOKENS, 24)
     base = answer_questions(chat_model, None, questions, None, 24)
     learned = [
         (question.question, with_adapter["prediction"])

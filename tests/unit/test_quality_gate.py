@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lift_ray.config import PLAIN_QA_TRAINING, RECITE_RECIPE, SENTENCE_ANSWERS_PROMPT, LiftConfig, load_config
+from lift_ray.config import (
+    PLAIN_QA_TRAINING,
+    RECITAL_TOKENS,
+    RECITE_RECIPE,
+    SENTENCE_ANSWERS_PROMPT,
+    LiftConfig,
+    load_config,
+)
 from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 
@@ -79,7 +86,7 @@ def test_a_reciting_adapter_is_gated_the_way_the_endpoint_asks_it(tiny_model_dir
     result = trainer.train_document(
         DocumentJob("doc", rows=[{**r, "sentence": "Bridges were built."} for r in _rows(2)])
     )
-    assert asked == [(SENTENCE_ANSWERS_PROMPT, 32 + loop.RECITAL_TOKENS)]
+    assert asked == [(SENTENCE_ANSWERS_PROMPT, 32 + RECITAL_TOKENS)]
     assert result.quality["recited"] is True and 0.0 <= result.quality["holdout_score"] <= 1.0
 
 
