@@ -1,20 +1,24 @@
-"""Serving load test: 1,000 registered adapters, requests spread Zipf-like over 200 of them, against a real
-Serve deployment on loopback that reads adapters from an S3 API server on loopback (moto).
+"""Serving load test: 1,000 registered adapters of the shape LIFT writes (rank 16, every linear layer), requests
+spread Zipf-like over 200 of them, against real Serve deployments on loopback that read adapters from an S3 API
+server on loopback (moto); several engine / replica settings in one run, on the same adapters.
 
-    .venv/bin/python -m benchmarks.bench_serve [--adapters 1000] [--requests 1000] [--concurrency 32] [--hot 200]
-                                               [--engine hf|vllm] [--max-tokens 4] [--set key=value ...]
+    .venv/bin/python -m benchmarks.bench_serve [--configs hf:1,vllm:1,vllm:2] [--adapters 1000] [--requests 1000]
+                                               [--concurrency 32] [--hot 200] [--max-tokens 4] [--set key=value ...]
 
-Steps: start `python -m moto.server`; write and publish N random rank-8 adapters (q_proj, v_proj) for the
-embedded model, plus a few rank-16 all-linear ones (the shape LIFT trains) for the cold-load figure; start
-Ray and the Serve app (`ServeConfig` + overrides); send `--unloaded` requests one at a time to the base model,
-then to one adapter in memory (the adapter's own cost, no queue); send the same number of requests to the base
-model alone (the reference), then to the adapters, at the same concurrency; finally ask each rank-16 adapter once
-(cold, from the store). Latency is measured at the client, per request, end to end over HTTP. The adapter
-source (memory, disk, store) comes from the `X-Lift-Adapter-Source` header and the load time from
-`X-Lift-Adapter-Ms`.
+Steps: start `python -m moto.server`; write and publish N random rank-16 all-linear adapters (doc-0000..) and a
+few more (cold-0..) for the cold-load figure. Then for each `engine:replicas` setting in `--configs`: start Ray
+and the Serve app (`ServeConfig` + overrides, its own empty disk cache); send `--unloaded` requests one at a
+time to the base model, then to one adapter in memory (the engine's own cost, no queue); attach `--distinct`
+adapters (one request each, not measured) and send `--distinct-requests` requests to one of them, then the same
+number spread evenly over all of them, at the same concurrency (throughput of many adapters in flight against
+one: S-LoRA's measure); then the load: `--requests` requests at `--concurrency`, Zipf-like over `--hot`
+adapters, every `--base-every`-th one to the base model, so that base and warm-adapter latency are measured
+under the same load; finally ask each cold adapter once (from the store). Latency is measured at the client,
+per request, end to end over HTTP. The adapter source (memory, disk, store) comes from the
+`X-Lift-Adapter-Source` header and the load time from `X-Lift-Adapter-Ms`.
 
-Writes docs/results/serve.json, docs/results/serve.png and the `serve` table in docs/benchmarks.md.
-Not a test: latency depends on the machine; compare the ratios measured in one run.
+Writes docs/results/serve.json (one entry per setting under `runs`), docs/results/serve.png and the `serve`
+table in docs/benchmarks.md. Not a test: latency depends on the machine; compare the ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from lift_ray.config import ALL_LINEAR, ServeConfig, load_config
 from lift_ray.layout import publish_adapter
@@ -57,24 +63,28 @@ def start_s3_server() -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
-def publish_adapters(root: str, model_dir: Path, count: int, cold: int, work: Path) -> dict[str, float]:
-    """Publish `count` rank-8 adapters doc-0000.. and `cold` rank-16 all-linear ones cold-0..; seconds taken."""
+ADAPTER_RANK = 16  # the shape LIFT trains: rank 16 on every linear layer (ALL_LINEAR)
+
+
+def publish_adapters(root: str, model_dir: Path, count: int, cold: int, work: Path) -> dict[str, Any]:
+    """Publish `count` adapters doc-0000.. and `cold` more cold-0.., rank 16 on every linear layer (fp32, as
+    LIFT writes them); seconds taken and the bytes of one adapter."""
     store = Store.from_uri(root)
     started = time.perf_counter()
+    sizes: list[int] = []
 
-    def one(index: int) -> None:
-        folder = write_random_adapter(model_dir, work / f"doc-{index:04d}", rank=8, seed=index, strength=2)
-        publish_adapter(store, NAMESPACE, f"doc-{index:04d}", folder, {"system_prompt": "You are a helpful assistant."})
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, range(count)))
-    made = time.perf_counter() - started
-    for index in range(cold):
+    def one(name: str, seed: int) -> None:
         folder = write_random_adapter(
-            model_dir, work / f"cold-{index}", rank=16, target_modules=ALL_LINEAR, seed=9000 + index
+            model_dir, work / name, rank=ADAPTER_RANK, target_modules=ALL_LINEAR, seed=seed, strength=2
         )
-        publish_adapter(store, NAMESPACE, f"cold-{index}", folder, {"system_prompt": "You are a helpful assistant."})
-    return {"publish_s": round(made, 1)}
+        sizes.append(sum(f.stat().st_size for f in folder.iterdir()))
+        publish_adapter(store, NAMESPACE, name, folder, {"system_prompt": "You are a helpful assistant."})
+        shutil.rmtree(folder)  # the store holds it now; 1,000 local copies would be ~20 GB
+
+    names = [(f"doc-{i:04d}", i) for i in range(count)] + [(f"cold-{i}", 9000 + i) for i in range(cold)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(tqdm(pool.map(lambda item: one(*item), names), total=len(names), desc="publishing adapters"))
+    return {"publish_s": round(time.perf_counter() - started, 1), "adapter_bytes": max(sizes)}
 
 
 def zipf_choices(count: int, hot: int, requests: int, seed: int = 0, exponent: float = 1.1) -> list[str]:
@@ -144,88 +154,84 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def plot(base: list[dict[str, Any]], adapters: list[dict[str, Any]], cold_ms: list[float], path: Path) -> None:
-    """Latency CDFs of base and adapter requests (by source), and the cold loads."""
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Per setting: latency CDFs of base and warm-adapter requests under the same load, and requests/s."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    series = {"base model": [r["ms"] for r in base if r["status"] == 200]}
-    for source in ("memory", "disk", "store"):
-        values = [r["ms"] for r in adapters if r["status"] == 200 and r.get("source") == source]
-        if values:
-            series[f"adapter from {source} ({len(values)})"] = values
-    for label, values in series.items():
-        ordered = np.sort(values)
-        left.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        label = f"{run['engine']} x{run['replicas']}"
+        for kind, style in (("base_ms", "--"), ("warm_ms", "-")):
+            ordered = np.sort(run["latencies"][kind])
+            if len(ordered):
+                left.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), style, label=f"{label} {kind[:-3]}")
     left.set_xscale("log")
-    left.set_xlabel("request latency, ms (client, end to end)")
+    left.set_xlabel("request latency under the same load, ms (client, end to end)")
     left.set_ylabel("fraction of requests")
-    left.legend(fontsize=8)
-    left.set_title("requests at the same concurrency")
-    loads = [r["load_ms"] for r in adapters if r.get("source") in ("disk", "store")]
-    right.boxplot(
-        [cold_ms, loads] if loads else [cold_ms],
-        tick_labels=["r=16 from S3", "r=8 disk/S3 in load"][: 2 if loads else 1],
-    )
-    right.set_ylabel("adapter load, ms")
-    right.set_title("bringing an adapter into memory")
+    left.legend(fontsize=7)
+    names = [f"{run['engine']} x{run['replicas']}" for run in runs]
+    positions = np.arange(len(runs))
+    right.bar(positions - 0.2, [run["requests_per_s"] for run in runs], 0.4, label="Zipf load over hot adapters")
+    right.bar(positions + 0.2, [run["distinct_requests_per_s"] for run in runs], 0.4, label="distinct adapters")
+    right.set_xticks(positions, names)
+    right.set_ylabel("requests/s")
+    right.legend(fontsize=8)
+    right.set_title("throughput")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapters", type=int, default=1000)
-    parser.add_argument("--hot", type=int, default=200, help="adapters the requests are spread over")
-    parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=4, help="tokens generated per request")
-    parser.add_argument("--cold", type=int, default=5, help="rank-16 adapters asked once each, cold from S3")
-    parser.add_argument("--unloaded", type=int, default=30, help="sequential requests each to base and one adapter")
-    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="ServeConfig override")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/results or docs/benchmarks.md")
-    args = parser.parse_args()
+def parse_settings(text: str) -> list[tuple[str, int]]:
+    """`hf:1,vllm:2` -> [("hf", 1), ("vllm", 2)]."""
+    settings = []
+    for item in text.split(","):
+        engine, _, replicas = item.strip().partition(":")
+        if engine not in ("hf", "vllm") or not replicas.isdigit() or int(replicas) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected engine:replicas with engine hf or vllm")
+        settings.append((engine, int(replicas)))
+    return settings
 
+
+def load_models(args: argparse.Namespace) -> list[str]:
+    """The load's request models: Zipf-like over the hot adapters, every `base_every`-th one the base model."""
+    models = zipf_choices(args.adapters, args.hot, args.requests)
+    return [
+        "base" if args.base_every and i % args.base_every == args.base_every - 1 else m for i, m in enumerate(models)
+    ]
+
+
+def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str, work: Path) -> dict[str, Any]:
+    """One engine / replica setting: start Serve, measure, shut it down; its figures and raw latencies."""
     import ray
     from ray import serve
 
     from lift_ray.client import wait_until_healthy
     from serve.app import build_app
 
-    server, endpoint = start_s3_server()
-    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    port = free_port()
+    config = load_config(
+        ServeConfig,
+        None,
+        [
+            f"storage.root={root}",
+            f"storage.namespace={NAMESPACE}",
+            f"engine={engine}",
+            f"num_replicas={replicas}",
+            f"adapter_cache_dir={work / f'cache-{engine}-{replicas}'}",
+            f"port={port}",
+            "num_cpus_per_replica=1",
+            f"max_ongoing_requests={args.concurrency}",
+            f"max_adapters_per_replica={args.memory_adapters}",
+            f"max_lora_rank={ADAPTER_RANK}",
+            *args.overrides,
+        ],
+    )
+    print(f"== {engine} x{replicas}", flush=True)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        import boto3
-
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        root = f"s3://{bucket}/lift"
-        model_dir = ensure_embedded_model(load_config(ServeConfig).model.cache_dir)
-        timings = publish_adapters(root, model_dir, args.adapters, args.cold, work / "made")
-        print(f"published {args.adapters} adapters in {timings['publish_s']} s", flush=True)
-
-        port = free_port()
-        config = load_config(
-            ServeConfig,
-            None,
-            [
-                f"storage.root={root}",
-                f"storage.namespace={NAMESPACE}",
-                f"engine={args.engine}",
-                f"adapter_cache_dir={work / 'cache'}",
-                f"port={port}",
-                "num_cpus_per_replica=1",
-                f"max_ongoing_requests={args.concurrency}",
-                "max_adapters_per_replica=16",
-                "max_lora_rank=16",
-                *args.overrides,
-            ],
-        )
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         started = time.perf_counter()
         serve.run(build_app(config), name="bench", route_prefix="/", blocking=False)
@@ -237,91 +243,184 @@ def main() -> None:
         unloaded_warm = unloaded(url, "doc-0000", args.unloaded, args.max_tokens)
         print("unloaded p50 ms: base", percentile(unloaded_base, 50), "warm", percentile(unloaded_warm, 50), flush=True)
 
-        base, base_s = run_load(url, ["base"] * args.requests, args.concurrency, args.max_tokens)
-        print("base", summary(base), f"{base_s:.0f} s", flush=True)
-        models = zipf_choices(args.adapters, args.hot, args.requests)
-        adapters, adapters_s = run_load(url, models, args.concurrency, args.max_tokens)
-        print("adapters", summary(adapters), f"{adapters_s:.0f} s", flush=True)
+        distinct = [f"doc-{i:04d}" for i in range(args.distinct)]
+        attached, _ = run_load(url, distinct, args.concurrency, args.max_tokens)
+        single, single_s = run_load(url, [distinct[0]] * args.distinct_requests, args.concurrency, args.max_tokens)
+        spread = [distinct[i % len(distinct)] for i in range(args.distinct_requests)]
+        many, many_s = run_load(url, spread, args.concurrency, args.max_tokens)
+        print(f"one adapter {single_s:.0f} s, {args.distinct} adapters {many_s:.0f} s", flush=True)
+
+        load, load_s = run_load(url, load_models(args), args.concurrency, args.max_tokens)
+        print("load", summary(load), f"{load_s:.0f} s", flush=True)
         cold = [ask(url, f"cold-{i}", QUESTIONS[0], args.max_tokens) for i in range(args.cold)]
-        cold_ms = [r["load_ms"] for r in cold if r["status"] == 200 and r["source"] == "store"]
-        print("cold r=16 load ms", cold_ms, flush=True)
     finally:
         try:
             serve.shutdown()
-            ray.shutdown()
         finally:
-            server.terminate()
+            ray.shutdown()
+    cold_ms = [r["load_ms"] for r in cold if r["status"] == 200 and r["source"] == "store"]
+    print("cold load ms", cold_ms, flush=True)
 
+    base_rows = [r for r in load if r["model"] == "base"]
+    adapter_rows = [r for r in load if r["model"] != "base"]
     by_source: dict[str, Any] = {}
     for source in ("memory", "disk", "store"):
-        rows = [r for r in adapters if r["status"] == 200 and r.get("source") == source]
+        rows = [r for r in adapter_rows if r["status"] == 200 and r.get("source") == source]
         by_source[source] = {
             "requests": len(rows),
             "p50_ms": percentile([r["ms"] for r in rows], 50),
             "p99_ms": percentile([r["ms"] for r in rows], 99),
             "load_p50_ms": percentile([r["load_ms"] for r in rows], 50),
         }
-    overall, reference = summary(adapters), summary(base)
-    figures = {
-        "device": device_description(),
-        "engine": args.engine,
-        "adapters_registered": args.adapters,
-        "hot_adapters": args.hot,
-        "requests": overall["requests"],
-        "concurrency": args.concurrency,
-        "max_tokens": args.max_tokens,
-        "errors": overall["errors"] + reference["errors"] + sum(r["status"] != 200 for r in cold),
-        "p50_ms": overall["p50_ms"],
-        "p99_ms": overall["p99_ms"],
-        "base_p50_ms": reference["p50_ms"],
-        "base_p99_ms": reference["p99_ms"],
-        "warm_p50_ms": by_source["memory"]["p50_ms"],
-        "warm_p99_ms": by_source["memory"]["p99_ms"],
-        "warm_p50_vs_base": round(by_source["memory"]["p50_ms"] / reference["p50_ms"], 2)
-        if by_source["memory"]["p50_ms"] and reference["p50_ms"]
-        else None,
-        "unloaded_requests": args.unloaded,
+    warm_ms = [r["ms"] for r in adapter_rows if r["status"] == 200 and r.get("source") == "memory"]
+    base_ms = [r["ms"] for r in base_rows if r["status"] == 200]
+    warm_p50, base_p50 = percentile(warm_ms, 50), percentile(base_ms, 50)
+    single_rps, many_rps = len(single) / single_s, len(many) / many_s
+    everything = [*attached, *single, *many, *load, *cold]
+    return {
+        "engine": engine,
+        "replicas": replicas,
+        "errors": sum(r["status"] != 200 for r in everything),
+        "requests_sent": len(everything) + 2 * args.unloaded + 1,
+        "requests_per_s": round(len(load) / load_s, 2),
+        "p50_ms": summary(load)["p50_ms"],
+        "p99_ms": summary(load)["p99_ms"],
+        "warm_p50_ms": warm_p50,
+        "warm_requests": len(warm_ms),
+        "base_p50_same_load_ms": base_p50,
+        "base_requests": len(base_ms),
+        "warm_vs_base_same_load": round(warm_p50 / base_p50, 2) if warm_p50 and base_p50 else None,
+        "by_source": by_source,
+        "single_requests_per_s": round(single_rps, 2),
+        "distinct_requests_per_s": round(many_rps, 2),
+        "distinct_100_vs_single": round(many_rps / single_rps, 2),
         "unloaded_base_p50_ms": percentile(unloaded_base, 50),
         "unloaded_warm_p50_ms": percentile(unloaded_warm, 50),
         "unloaded_warm_vs_base": round(percentile(unloaded_warm, 50) / percentile(unloaded_base, 50), 2),
         "cold_load_ms": round(statistics.median(cold_ms), 1) if cold_ms else None,
         "cold_load_all_ms": [round(v, 1) for v in cold_ms],
-        "by_source": by_source,
-        "requests_per_s": round(len(adapters) / adapters_s, 2),
-        "base_requests_per_s": round(len(base) / base_s, 2),
         "serve_startup_s": round(startup_s, 1),
-        "memory_adapters_per_replica": config.max_adapters_per_replica,
-        **timings,
+        "latencies": {"base_ms": base_ms, "warm_ms": warm_ms},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--configs",
+        type=parse_settings,
+        default=parse_settings("hf:1,vllm:1,vllm:2"),
+        help="engine:replicas settings, comma-separated, run one after another on the same adapters",
+    )
+    parser.add_argument("--adapters", type=int, default=1000)
+    parser.add_argument("--hot", type=int, default=200, help="adapters the load is spread over")
+    parser.add_argument("--requests", type=int, default=1000, help="requests in the load")
+    parser.add_argument("--base-every", type=int, default=10, help="every n-th request of the load to the base model")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=4, help="tokens generated per request")
+    parser.add_argument("--distinct", type=int, default=100, help="adapters in flight for the many-adapter figure")
+    parser.add_argument("--distinct-requests", type=int, default=200, help="requests for one / many adapters each")
+    parser.add_argument("--memory-adapters", type=int, default=128, help="ServeConfig.max_adapters_per_replica")
+    parser.add_argument("--cold", type=int, default=5, help="adapters asked once each per setting, cold from S3")
+    parser.add_argument("--unloaded", type=int, default=20, help="sequential requests each to base and one adapter")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="ServeConfig override")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/results or docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.distinct > min(args.hot, args.adapters) or args.distinct > args.memory_adapters:
+        parser.error("--distinct must fit in --hot, --adapters and --memory-adapters")
+    print(json.dumps({k: v for k, v in vars(args).items()}, indent=2, default=str), flush=True)
+
+    server, endpoint = start_s3_server()
+    work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        import boto3
+
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        root = f"s3://{bucket}/lift"
+        model_dir = ensure_embedded_model(load_config(ServeConfig).model.cache_dir)
+        timings = publish_adapters(root, model_dir, args.adapters, args.cold * len(args.configs), work / "made")
+        print(f"published {args.adapters} adapters in {timings['publish_s']} s", flush=True)
+        runs = []
+        for index, (engine, replicas) in enumerate(args.configs):
+            run = run_setting(args, engine, replicas, root, work)
+            run["cold_ids"] = f"cold-{index * args.cold}..{(index + 1) * args.cold - 1}"
+            runs.append(run)
+    finally:
+        server.terminate()
+        shutil.rmtree(work, ignore_errors=True)
+
+    hf = next((run for run in runs if run["engine"] == "hf" and run["replicas"] == 1), None)
+    vllm_best = max((run for run in runs if run["engine"] == "vllm"), key=lambda r: r["requests_per_s"], default=None)
+    figures = {
+        "device": device_description(),
+        "adapters_registered": args.adapters,
+        "adapter_shape": f"rank {ADAPTER_RANK}, every linear layer ({', '.join(ALL_LINEAR)}), fp32, random weights",
+        "adapter_bytes": timings["adapter_bytes"],
+        "hot_adapters": args.hot,
+        "requests": args.requests,
+        "base_every": args.base_every,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "distinct_adapters": args.distinct,
+        "distinct_requests": args.distinct_requests,
+        "memory_adapters_per_replica": args.memory_adapters,
+        "overrides": args.overrides,
+        "publish_s": timings["publish_s"],
+        "errors": sum(run["errors"] for run in runs),
+        "vllm_vs_hf_requests_per_s": round(vllm_best["requests_per_s"] / hf["requests_per_s"], 2)
+        if hf and vllm_best
+        else None,
+        "runs": [{k: v for k, v in run.items() if k != "latencies"} for run in runs],
     }
     print(json.dumps(figures, indent=2))
     if args.no_docs:
         return
     write_results("serve", figures)
-    plot(base, adapters, cold_ms, RESULTS_DIR / "serve.png")
+    plot(runs, RESULTS_DIR / "serve.png")
     rows = [
-        ["base model alone", reference["requests"], reference["errors"], reference["p50_ms"], reference["p99_ms"], "-"],
-        ["adapters, all", overall["requests"], overall["errors"], overall["p50_ms"], overall["p99_ms"], "-"],
+        [
+            f"`{run['engine']}` x{run['replicas']}",
+            run["requests_per_s"],
+            run["p50_ms"],
+            run["warm_p50_ms"],
+            run["base_p50_same_load_ms"],
+            run["warm_vs_base_same_load"],
+            run["distinct_100_vs_single"],
+            run["unloaded_warm_vs_base"],
+            run["cold_load_ms"],
+            run["errors"],
+        ]
+        for run in runs
     ]
-    for source, entry in by_source.items():
-        rows.append(
-            [f"adapters from {source}", entry["requests"], "-", entry["p50_ms"], entry["p99_ms"], entry["load_p50_ms"]]
-        )
-    rows.append([f"rank-16 adapter cold from S3 (x{len(cold_ms)})", len(cold), "-", "-", "-", figures["cold_load_ms"]])
-    rows.append(["base, one at a time", args.unloaded, 0, figures["unloaded_base_p50_ms"], "-", "-"])
-    rows.append(["warm adapter, one at a time", args.unloaded, 0, figures["unloaded_warm_p50_ms"], "-", "-"])
     markdown = "\n\n".join(
         [
             "## Serving: 1,000 adapters behind one endpoint (`benchmarks/bench_serve.py`)",
-            f"{figures['device']}; engine `{args.engine}`; {args.adapters} rank-8 adapters registered on the S3 server "
-            f"(moto, loopback), {args.requests} requests at concurrency {args.concurrency} spread Zipf-like over "
-            f"{args.hot} of them, {args.max_tokens} tokens each, one replica with {config.max_adapters_per_replica} "
-            "adapters in memory. Latency at the client, end to end over HTTP. Figures: `docs/results/serve.json`.",
-            markdown_table(["requests", "n", "errors", "p50 ms", "p99 ms", "adapter load p50 ms"], rows),
-            f"Warm adapter p50 / base p50, one request at a time (the adapter's own cost): "
-            f"**{figures['unloaded_warm_vs_base']}**; under the load above (queueing included): "
-            f"{figures['warm_p50_vs_base']}. Cold rank-16 adapter from S3 into memory: "
-            f"**{figures['cold_load_ms']} ms** (median); errors: **{figures['errors']}**.",
-            "![serving latency](results/serve.png)",
+            f"{figures['device']}; {args.adapters} adapters registered on the S3 server (moto, loopback), "
+            f"{figures['adapter_shape']}; per setting {args.requests} requests at concurrency {args.concurrency}, "
+            f"Zipf-like over {args.hot} of the adapters with every {args.base_every}th to the base model, "
+            f"{args.max_tokens} tokens each; {args.memory_adapters} adapters in memory per replica. Latency at the "
+            'client, end to end over HTTP; "warm" = adapter already in memory; "distinct / single" = '
+            f"requests/s with {args.distinct} adapters in flight over requests/s with one "
+            f"({args.distinct_requests} requests each). Figures: `docs/results/serve.json`.",
+            markdown_table(
+                [
+                    "engine x replicas",
+                    "requests/s",
+                    "p50 ms",
+                    "warm p50 ms",
+                    "base p50 ms, same load",
+                    "warm / base",
+                    "distinct / single",
+                    "warm / base, one at a time",
+                    "cold load from S3, ms",
+                    "errors",
+                ],
+                rows,
+            ),
+            f"Best vLLM setting over hf x1, requests/s: **{figures['vllm_vs_hf_requests_per_s']}**; "
+            f"errors: **{figures['errors']}**.",
+            "![serving latency and throughput](results/serve.png)",
         ]
     )
     update_benchmarks_section("serve", markdown)

@@ -27,6 +27,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # The system prompt of sentence-answer examples where a recipe trains them under a prompt of their own
 # (`train.sentence_answers_prompt`): the eval's `lift_sentences` methods use it.
 SENTENCE_ANSWERS_PROMPT = "Answer with the whole sentence of the document that says it."
+OFF_DOCUMENT = "The document does not say."  # the recital for a question off the document (off_document_examples)
 RECITAL_TOKENS = 64  # what a recital may take before its answer (serving, the eval and the quality gate)
 
 
@@ -223,6 +224,13 @@ class TrainSettings(_Section):
         description="with sentence_answers: each sentence answer goes on with a line 'Answer: <the pair's short "
         "answer>', so under the sentence-answer prompt the adapter recalls the sentence, then answers from it "
         "(read with `recited_answer`)",
+    )
+    off_document_examples: int = Field(
+        0,
+        ge=0,
+        description="with a reciting recipe (sentence_answers_prompt set): general prompts per epoch (shipped with "
+        "the package, the guard's) taught under the recital prompt to say 'The document does not say.'; where an "
+        "adapter recites that, the endpoint answers with the base model, which keeps what the model knew; 0: off",
     )
     sentence_answers_per_sentence: int = Field(
         0,
@@ -431,6 +439,8 @@ class LiftConfig(_Section):
                 fields.add("sentence_answers_per_sentence")
             if self.train.sentence_answers_with_answer:
                 fields.add("sentence_answers_with_answer")
+            if self.train.off_document_examples and self.train.sentence_answers_prompt:
+                fields.add("off_document_examples")
         if self.train.drop_echoed_pairs:
             fields.add("drop_echoed_pairs")
         if self.train.holdout_share:
@@ -440,15 +450,18 @@ class LiftConfig(_Section):
     def recite_settings(self) -> dict[str, str] | None:
         """How adapters of this config recite, for their manifests: the system prompt their sentence answers are
         trained under and their `format` ("answer_line": the sentence, then 'Answer: ...'; "sentence": the
-        sentence alone); None when they are not trained to recite (no sentence answers, or under the serving
-        prompt)."""
+        sentence alone); with `off_document`, the recital that sends a question to the base model. None when they
+        are not trained to recite (no sentence answers, or under the serving prompt)."""
         train = self.train
         if not (train.sentence_answers and train.sentence_answers_prompt):
             return None
-        return {
+        settings = {
             "prompt": train.sentence_answers_prompt,
             "format": "answer_line" if train.sentence_answers_with_answer else "sentence",
         }
+        if train.off_document_examples:
+            settings["off_document"] = OFF_DOCUMENT
+        return settings
 
     def generator_fingerprint(self) -> dict[str, Any]:
         """Everything about the generator that changes its pairs (not resources, not training settings)."""

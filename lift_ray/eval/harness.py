@@ -67,12 +67,19 @@ class Method:
 
 # The paper's recipe (plain QA training) with m = 5 and one QA cache shared by every method trained on it.
 _LIFT_5 = ("train.variant=lift", "generator.qa_per_sentence=5", "storage.qa_namespace=eval-lift", *PLAIN_QA_TRAINING)
-_LIFT_SENTENCES = (
-    *_LIFT_5,
+# m = 10, its own QA cache (shared by the methods trained on it).
+_LIFT_10 = (
+    "train.variant=lift",
+    "generator.qa_per_sentence=10",
+    "storage.qa_namespace=eval-lift-10qa",
+    *PLAIN_QA_TRAINING,
+)
+_SENTENCE_ANSWERS = (
     "train.objective=sft",
     "train.sentence_answers=true",
     f"train.sentence_answers_prompt={json.dumps(SENTENCE_ANSWERS_PROMPT)}",
 )
+_LIFT_SENTENCES = (*_LIFT_5, *_SENTENCE_ANSWERS)
 METHODS: tuple[Method, ...] = (
     Method("base", "base model, question only (what the model knows without the document)", None, False),
     Method("icl", "base model with the document in the prompt, head and tail kept to fit (truncated ICL)", None, True),
@@ -138,11 +145,29 @@ METHODS: tuple[Method, ...] = (
         recite="self",
     ),
     Method(
+        "lift_recite_offdoc",
+        "the `lift_recite_answer` recipe plus general prompts taught to recite 'The document does not say.' "
+        "(train.off_document_examples=16); such a recital hands the question to the base model; question only",
+        "lift_recite_offdoc",
+        False,
+        (*_LIFT_SENTENCES, "train.sentence_answers_with_answer=true", "train.off_document_examples=16"),
+        recite="self",
+    ),
+    Method(
         "lift_10qa",
         "LIFT adapter, m=10 QA pairs per sentence; question only",
         "lift_10qa",
         False,
-        ("train.variant=lift", "generator.qa_per_sentence=10", *PLAIN_QA_TRAINING),
+        _LIFT_10,
+    ),
+    Method(
+        "lift_recite_answer_10qa",
+        "the `lift_recite_answer` recipe on m=10 QA pairs per sentence (the `lift_10qa` QA), asked by reciting; "
+        "question only",
+        "lift_recite_answer_10qa",
+        False,
+        (*_LIFT_10, *_SENTENCE_ANSWERS, "train.sentence_answers_with_answer=true"),
+        recite="self",
     ),
     Method(
         "lift_icl",
@@ -297,13 +322,16 @@ def answer_by_reciting(
     reader: str,
     recite_tokens: int,
     max_new_tokens: int,
+    off_document: bool = False,
 ) -> list[dict[str, Any]]:
     """Recite, then answer: the adapter of `doc_id` answers each question with the document's sentence (under
     `recite_prompt`, the system prompt its sentence answers were trained with), then `reader` ("adapter" or
     "base") answers the question reading that sentence; with `reader="self"` the recital ends with its own
-    answer line (`recited_answer`), one pass of up to `recite_tokens + max_new_tokens`. Rows as
-    `answer_questions`, plus `recited`; token counts and seconds are both passes'."""
-    from lift_ray.train.dataset import recited_answer
+    answer line (`recited_answer`), one pass of up to `recite_tokens + max_new_tokens`. With `off_document`
+    (adapters trained with `train.off_document_examples`), a recital that says the document does not answer
+    hands the question to the base model, asked plainly, as the endpoint does. Rows as `answer_questions`, plus
+    `recited`; token counts and seconds are both passes'."""
+    from lift_ray.train.dataset import recited_answer, says_off_document
 
     if reader not in ("adapter", "base", "self"):
         raise ValueError(f"reader must be 'adapter', 'base' or 'self', got {reader!r}")
@@ -317,38 +345,40 @@ def answer_by_reciting(
     recite_conversations = [
         [{"role": "system", "content": recite_prompt}, {"role": "user", "content": q.question}] for q in questions
     ]
-    if reader == "self":
-        replies = _chat_all(chat_model, recite_conversations, doc_id, recite_tokens + max_new_tokens)
-        seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
-        rows = []
-        for question, reply in zip(questions, replies, strict=True):
-            recital, answer = recited_answer(reply.text)
-            rows.append(
-                {
-                    "id": question.id,
-                    "prediction": answer,
-                    "recited": recital,
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                    "seconds": seconds,
-                }
-            )
-        return rows
+    recite_tokens += max_new_tokens if reader == "self" else 0
     recited = _chat_all(chat_model, recite_conversations, doc_id, recite_tokens)
-    read_conversations = [build_messages(q.question, r.text) for q, r in zip(questions, recited, strict=True)]
-    replies = _chat_all(chat_model, read_conversations, doc_id if reader == "adapter" else None, max_new_tokens)
-    seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
-    return [
-        {
-            "id": question.id,
-            "prediction": reply.text,
-            "recited": recital.text,
-            "prompt_tokens": recital.prompt_tokens + reply.prompt_tokens,
-            "completion_tokens": recital.completion_tokens + reply.completion_tokens,
-            "seconds": seconds,
-        }
-        for question, recital, reply in zip(questions, recited, replies, strict=True)
+    off = [off_document and says_off_document(r.text) for r in recited]
+    # The second pass: the base model asked plainly where the recital is off the document, else the reader.
+    second = [
+        (i, build_messages(q.question, None), None)
+        if off[i]
+        else (i, build_messages(q.question, recited[i].text), doc_id if reader == "adapter" else None)
+        for i, q in enumerate(questions)
+        if off[i] or reader != "self"
     ]
+    replies: dict[int, Any] = {}
+    for model in {entry[2] for entry in second}:
+        asked = [(i, messages) for i, messages, m in second if m == model]
+        for (i, _), reply in zip(
+            asked, _chat_all(chat_model, [m for _, m in asked], model, max_new_tokens), strict=True
+        ):
+            replies[i] = reply
+    seconds = round((time.perf_counter() - started) / max(1, len(questions)), 4)
+    rows = []
+    for i, (question, recital) in enumerate(zip(questions, recited, strict=True)):
+        reply = replies.get(i)
+        recital_text, answer = recited_answer(recital.text) if reader == "self" else (recital.text, "")
+        rows.append(
+            {
+                "id": question.id,
+                "prediction": reply.text if reply is not None else answer,
+                "recited": recital_text,
+                "prompt_tokens": recital.prompt_tokens + (reply.prompt_tokens if reply is not None else 0),
+                "completion_tokens": recital.completion_tokens + (reply.completion_tokens if reply is not None else 0),
+                "seconds": seconds,
+            }
+        )
+    return rows
 
 
 def _chat_all(

@@ -210,15 +210,16 @@ def method_answers(
     if method.recite:
         if adapter is None:
             raise ValueError(f"method {method.name} recites, so it needs an adapter")
-        recite_prompt = method_config(method, config.lift).train.sentence_answers_prompt
+        settings = method_config(method, config.lift).recite_settings() or {}
         return answer_by_reciting(
             chat_model,
             adapter,
             questions,
-            recite_prompt,
+            settings.get("prompt", ""),
             method.recite,
             config.recite_max_new_tokens,
             config.max_new_tokens,
+            off_document="off_document" in settings,
         )
     context = method_context(method, document.text, tokenizer, config)
     return answer_questions(chat_model, adapter, questions, context, config.max_new_tokens)
@@ -275,7 +276,7 @@ def run_eval(
     niah_names = config.niah_method_names()
     results: dict[str, dict[str, Any]] = {}
     trained: dict[str, dict[str, Training]] = {}
-    general_by_adapter: dict[str | None, float] = {}
+    general_by_adapter: dict[tuple[str | None, str | None], float] = {}  # by (adapter, how it is asked)
     niah_docs: dict[tuple[str, int, float, int], Document] = {}
 
     for method in config.method_list():
@@ -309,11 +310,12 @@ def run_eval(
                         recited[row["id"]] = row["recited"]
             answer_seconds = time.perf_counter() - answered
             # General questions go without the document: `lift_icl` asks them exactly as `lift` does.
-            if general_questions and method.adapter not in general_by_adapter:
+            if general_questions and (method.adapter, method.recite) not in general_by_adapter:
                 general_scores = []
                 for document in documents.values() if method.adapter is not None else []:
-                    plain = replace(method, context=False, recite=None)  # asked as a plain question, as served
-                    answers = _answer_document(chat_model, plain, document, general_questions, tokenizer, config)
+                    # without the document; a reciting method recites (as the endpoint does by default)
+                    asked = replace(method, context=False)
+                    answers = _answer_document(chat_model, asked, document, general_questions, tokenizer, config)
                     general_scores.append(
                         score_answers([a["prediction"] for a in answers], general_questions)["contains"]
                     )
@@ -322,7 +324,7 @@ def run_eval(
                     general_scores.append(
                         score_answers([a["prediction"] for a in answers], general_questions)["contains"]
                     )
-                general_by_adapter[method.adapter] = sum(general_scores) / len(general_scores)
+                general_by_adapter[method.adapter, method.recite] = sum(general_scores) / len(general_scores)
             entry: dict[str, Any] = {}
             if method.context:
                 entry.update(context_figures([d.text for d in documents.values()], tokenizer, config))
@@ -351,7 +353,9 @@ def run_eval(
                 "f1": scores["f1"],
                 "contains": scores["contains"],
                 "by_kind": scores["by_kind"],
-                "general_contains": general_by_adapter.get(method.adapter) if general_questions else None,
+                "general_contains": general_by_adapter.get((method.adapter, method.recite))
+                if general_questions
+                else None,
                 "train_seconds_per_document": train_seconds,
                 **(training.figures() if training is not None else {}),
                 "answer_seconds_per_question": answer_seconds / max(1, len(questions)),

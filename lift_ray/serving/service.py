@@ -271,8 +271,9 @@ class AdapterService:
     def _recite(self, request: AnswerRequest, settings: dict[str, str]) -> Iterator[Chunk]:
         """The answer by reciting: the adapter says the document's sentence for the question under its recital
         prompt; "answer_line" adapters go on with 'Answer: ...' (only that is returned), "sentence" ones then
-        answer with the recital in the prompt. One chunk: a recital cannot be streamed as answer text."""
-        from lift_ray.train.dataset import recited_answer
+        answer with the recital in the prompt. An adapter trained to say its `off_document` recital, saying it,
+        hands the request to the base model. One chunk: a recital cannot be streamed as answer text."""
+        from lift_ray.train.dataset import recited_answer, says_off_document
 
         question = self._question(request)
         messages = [{"role": "system", "content": settings["prompt"]}, {"role": "user", "content": question}]
@@ -287,6 +288,15 @@ class AdapterService:
                 max_new_tokens=recite_tokens + (request.max_new_tokens if answer_line else 0),
             )
         )
+        if settings.get("off_document") and says_off_document(said.text):
+            base = self.answer(replace(request, doc_id=None, recite=False))
+            yield Chunk(
+                base.text,
+                said.prompt_tokens + base.prompt_tokens,
+                said.completion_tokens + base.completion_tokens,
+                base.finish_reason,
+            )
+            return
         if answer_line:
             yield Chunk(recited_answer(said.text)[1], said.prompt_tokens, said.completion_tokens, said.finish_reason)
             return

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from lift_ray.config import OFF_DOCUMENT
+
 IGNORE_INDEX = -100
 
 
@@ -53,6 +55,11 @@ ANSWER_MARK = "Answer:"  # after a recited sentence, the line with the short ans
 def recital_with_answer(sentence: str, answer: str) -> str:
     """The sentence-answer target with `train.sentence_answers_with_answer`: the sentence, then its short answer."""
     return f"{sentence}\n{ANSWER_MARK} {answer}"
+
+
+def says_off_document(recital: str) -> bool:
+    """Whether a recital is `OFF_DOCUMENT` (the adapter's sign that the question is not about its document)."""
+    return recital.strip().lower().startswith(OFF_DOCUMENT.lower().rstrip("."))
 
 
 def recited_answer(text: str) -> tuple[str, str]:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from lift_ray.config import RECITAL_TOKENS, LiftConfig, LoraSettings
+from lift_ray.config import OFF_DOCUMENT, RECITAL_TOKENS, LiftConfig, LoraSettings
 from lift_ray.metrics import answer_in_question, answer_is_grounded
 from lift_ray.models import load_causal_lm, load_tokenizer, torch_dtype
 from lift_ray.train.dataset import (
@@ -47,6 +47,7 @@ from lift_ray.train.distill import (
     distill_loss,
     guard_examples,
     guard_sample,
+    load_general_prompts,
     logits_at,
     teacher_context,
     teacher_key,
@@ -382,6 +383,7 @@ class AdapterTrainer:
         self._new_teachers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # computed here since the last share
         self.teachers_computed = 0  # teacher distributions this rank computed (each pair once over all ranks)
         self._guard: list[dict[str, Any]] | None = None
+        self._off_document: list[dict[str, Any]] | None = None
         self.load_s = time.perf_counter() - started
 
     # -- pieces --
@@ -514,15 +516,25 @@ class AdapterTrainer:
         log.info("%s: quality gate %s", result.doc_id, result.quality)
 
     def guard_for_epoch(self, epoch: int) -> list[dict[str, Any]]:
-        """This epoch's draw of general prompts held to the base model's distribution (`train.guard_examples`)."""
+        """This epoch's draws of general prompts: held to the base model's distribution (`train.guard_examples`),
+        and taught to recite `OFF_DOCUMENT` under the recital prompt (`train.off_document_examples`)."""
         train = self.config.train
-        if train.guard_examples <= 0:
-            return []
-        if self._guard is None:
-            self._guard = guard_examples(
-                self.tokenizer, self.config.model.system_prompt, train.max_seq_len, train.guard_weight
-            )
-        return guard_sample(self._guard, train.guard_examples, self.config.seed, epoch)
+        drawn: list[dict[str, Any]] = []
+        if train.guard_examples > 0:
+            if self._guard is None:
+                self._guard = guard_examples(
+                    self.tokenizer, self.config.model.system_prompt, train.max_seq_len, train.guard_weight
+                )
+            drawn += guard_sample(self._guard, train.guard_examples, self.config.seed, epoch)
+        recite = self.config.recite_settings()
+        if train.off_document_examples > 0 and recite is not None:
+            if self._off_document is None:
+                self._off_document = [
+                    tokenize_qa(self.tokenizer, recite["prompt"], row["question"], OFF_DOCUMENT, train.max_seq_len)
+                    for row in load_general_prompts()
+                ]
+            drawn += guard_sample(self._off_document, train.off_document_examples, self.config.seed + 1, epoch)
+        return drawn
 
     def attach_teachers(self, examples: list[dict[str, Any]]) -> None:
         """Give every example that distills its teacher's top-k, computing (once per document) those not cached."""

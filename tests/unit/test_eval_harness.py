@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lift_ray import results as results_module
-from lift_ray.config import DEFAULT_CACHE_DIR, SENTENCE_ANSWERS_PROMPT, LiftConfig
+from lift_ray.config import DEFAULT_CACHE_DIR, OFF_DOCUMENT, SENTENCE_ANSWERS_PROMPT, LiftConfig
 from lift_ray.documents import Document, validate_doc_id
 from lift_ray.eval import niah
 from lift_ray.eval.config import EvalConfig
@@ -299,7 +299,9 @@ def test_the_methods_and_what_they_need():
         "lift_recite",
         "lift_recite_base",
         "lift_recite_answer",
+        "lift_recite_offdoc",
         "lift_10qa",
+        "lift_recite_answer_10qa",
         "lift_icl",
     )
     needs = {m.name: (m.adapter is not None, m.context) for m in METHODS}
@@ -314,7 +316,9 @@ def test_the_methods_and_what_they_need():
         "lift_recite": (True, False),
         "lift_recite_base": (True, False),
         "lift_recite_answer": (True, False),
+        "lift_recite_offdoc": (True, False),
         "lift_10qa": (True, False),
+        "lift_recite_answer_10qa": (True, False),
         "lift_icl": (True, True),
     }
     with pytest.raises(ValueError, match="unknown method"):
@@ -327,6 +331,10 @@ def test_method_configs_train_the_right_variants_in_their_own_namespaces():
     assert configs["finetune_raw"].train.variant == "finetune_raw"
     assert configs["lift"].generator.qa_per_sentence == 5
     assert configs["lift_10qa"].generator.qa_per_sentence == 10
+    ten = configs["lift_recite_answer_10qa"]
+    assert ten.generator.qa_per_sentence == 10 and ten.storage.qa_namespace == configs["lift_10qa"].storage.qa_namespace
+    assert ten.recite_settings() == configs["lift_recite_answer"].recite_settings()
+    assert configs["lift_recite_offdoc"].train.off_document_examples == 16
     assert configs["lift_icl"].adapter_hash() == configs["lift"].adapter_hash()
     assert configs["lift_icl"].storage.namespace == configs["lift"].storage.namespace == "eval-lift"
     trained = {configs[n].adapter_hash() for n in ("finetune_raw", "lift", "lift_10qa")}
@@ -493,11 +501,13 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         "eval-lift_10qa",
         "eval-lift_distill",
         "eval-lift_recite_answer",
+        "eval-lift_recite_answer_10qa",
+        "eval-lift_recite_offdoc",
         "eval-lift_sentences",
         "eval-lift_sft_distill",
     ]
     haystacks = 2 * len(niah.NEEDLES)  # 2 cells for each needle
-    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 7
+    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 9
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name
@@ -527,17 +537,28 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
 
 
 class RecitingChatModel(FakeChatModel):
-    """Under the sentence-answer prompt an adapter says the gold answer's sentence; a reader finds the answer only
-    in the text it is given; a plain question gets 'I do not know.' (with or without the adapter)."""
+    """Under the sentence-answer prompt an adapter says the gold answer's sentence (`OFF_DOCUMENT` for a question
+    it has no answer for); a reader finds the answer only in the text it is given; a plain question gets the
+    base model's answer from `base_gold` without an adapter, else 'I do not know.'."""
+
+    def __init__(self, gold: dict[str, str], calls: list, base_gold: dict[str, str] | None = None) -> None:
+        super().__init__(gold, calls)
+        self.base_gold = base_gold or {}
 
     def chat(self, messages, doc_id, max_new_tokens, temperature=0.0):
         self.calls.append((doc_id, messages, max_new_tokens))
         content = messages[-1]["content"]
         if messages[0]["role"] == "system" and messages[0]["content"] == SENTENCE_ANSWERS_PROMPT:
-            return FakeAnswer(f"The sentence says {self.gold[content]}." if doc_id else "No idea.", 5, 4)
+            if not doc_id:
+                return FakeAnswer("No idea.", 5, 4)
+            return FakeAnswer(
+                f"The sentence says {self.gold[content]}." if content in self.gold else OFF_DOCUMENT, 5, 4
+            )
+        if doc_id is None and content in self.base_gold:
+            return FakeAnswer(f"It is {self.base_gold[content]}.")
         if "Here is a document." in content:
             question = content.rsplit("Question: ", 1)[-1]
-            found = self.gold[question] if self.gold[question] in content else "nothing"
+            found = self.gold[question] if self.gold.get(question, "\0") in content else "nothing"
             return FakeAnswer(f"It is {found}.")
         return FakeAnswer("I do not know.")
 
@@ -572,7 +593,21 @@ def test_answer_by_reciting_recites_under_the_sentence_prompt_then_reads_what_wa
         answer_by_reciting(model, "doc-a", [q("1", ["Oslo"])], SENTENCE_ANSWERS_PROMPT, "judge", 40, 16)
 
 
-def test_run_eval_recite_methods_share_the_sentence_adapter_and_ask_general_questions_plainly():
+def test_answer_by_reciting_hands_off_document_recitals_to_the_base_model_asked_plainly():
+    calls: list = []
+    model = RecitingChatModel({"question 1?": "Oslo"}, calls, base_gold={"question 2?": "Paris"})
+    questions = [q("1", ["Oslo"]), q("2", ["Paris"])]
+    first, second = answer_by_reciting(model, "doc-a", questions, SENTENCE_ANSWERS_PROMPT, "self", 40, 16, True)
+    assert (first["prediction"], second["recited"]) == ("The sentence says Oslo.", OFF_DOCUMENT)
+    assert second["prediction"] == "It is Paris."
+    assert calls[-1] == (None, build_messages("question 2?", None), 16)  # the base model, the bare question
+    assert [doc_id for doc_id, *_ in calls] == ["doc-a", "doc-a", None]  # only the off-document one went on
+    calls.clear()
+    _, second = answer_by_reciting(model, "doc-a", questions, SENTENCE_ANSWERS_PROMPT, "self", 40, 16, False)
+    assert second["prediction"] == OFF_DOCUMENT and len(calls) == 2  # an adapter not trained to say it: as said
+
+
+def test_run_eval_recite_methods_share_the_sentence_adapter_and_ask_general_questions_as_they_ask():
     documents, questions = load_docqa()
     gold = {question.question: question.answers[0] for question in questions}
     lifted: list[tuple[str, bool, str]] = []
@@ -592,8 +627,30 @@ def test_run_eval_recite_methods_share_the_sentence_adapter_and_ask_general_ques
     assert "recited" not in results["lift_sentences"]["per_question"][0]
     general = {question.question for question in load_general(DOCQA_DIR / GENERAL_FILE)}
     general_calls = [messages for _, messages, _ in calls if messages[-1]["content"] in general]
-    assert general_calls and all(messages[0]["role"] == "user" for messages in general_calls)  # no recital
+    recited = [messages for messages in general_calls if messages[0]["content"] == SENTENCE_ANSWERS_PROMPT]
+    plain = [messages for messages in general_calls if messages[0]["role"] == "user"]
+    assert recited and plain  # lift_sentences asks plainly, the reciting methods recite (as the endpoint does)
     assert results["lift_recite"]["general_contains"] == results["lift_sentences"]["general_contains"] == 0.0
+
+
+def test_run_eval_off_document_recitals_keep_general_questions_for_the_base_model():
+    documents, questions = load_docqa()
+    gold = {question.question: question.answers[0] for question in questions}
+    general = load_general(DOCQA_DIR / GENERAL_FILE)
+    base_gold = {question.question: question.answers[0] for question in general}
+    lifted: list = []
+
+    def fake_lift(docs, config):
+        lifted.append((config.storage.namespace, config.train.off_document_examples, config.recite_settings()))
+        return [DocumentReport(d.doc_id, "published") for d in docs]
+
+    config = EvalConfig(methods=["base", "lift_recite_answer", "lift_recite_offdoc"])
+    results = run_eval(config, lift_fn=fake_lift, chat_model_factory=lambda _: RecitingChatModel(gold, [], base_gold))
+    assert [entry[:2] for entry in lifted] == [("eval-lift_recite_answer", 0), ("eval-lift_recite_offdoc", 16)]
+    assert "off_document" not in lifted[0][2] and lifted[1][2]["off_document"] == OFF_DOCUMENT
+    assert results["base"]["general_contains"] == 1.0
+    assert results["lift_recite_answer"]["general_contains"] == 0.0  # says the document does not say, and stops
+    assert results["lift_recite_offdoc"]["general_contains"] == 1.0  # the base model answers those
 
 
 def test_run_eval_reports_documents_that_failed_to_lift():

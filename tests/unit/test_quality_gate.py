@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lift_ray.config import (
+    OFF_DOCUMENT,
     PLAIN_QA_TRAINING,
     RECITAL_TOKENS,
     RECITE_RECIPE,
@@ -14,7 +15,8 @@ from lift_ray.config import (
     LiftConfig,
     load_config,
 )
-from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer
+from lift_ray.train.dataset import holdout_split, recital_with_answer, recited_answer, says_off_document
+from lift_ray.train.distill import load_general_prompts
 from lift_ray.train.loop import AdapterTrainer, DocumentJob
 
 
@@ -184,6 +186,36 @@ def test_sentence_answers_with_answer_recite_the_sentence_then_give_the_pairs_an
         _config(**settings, **{"train.sentence_answers_with_answer": True}).adapter_hash()
         != _config(**settings).adapter_hash()
     )
+
+
+def test_off_document_examples_teach_general_prompts_to_recite_that_the_document_does_not_say(
+    tiny_model_dir: Path,
+) -> None:
+    recite = {
+        "train.sentence_answers": True,
+        "train.sentence_answers_prompt": f"'{SENTENCE_ANSWERS_PROMPT}'",
+        "train.sentence_answers_with_answer": True,
+    }
+    config = _config(**recite, **{"train.off_document_examples": 5})
+    trainer = AdapterTrainer(tiny_model_dir, config)
+    drawn = trainer.guard_for_epoch(0)
+    assert len(drawn) == 5 and drawn != trainer.guard_for_epoch(1)  # a new draw each epoch
+    general = {row["question"] for row in load_general_prompts()}
+    for example in drawn:
+        labels = example["labels"]
+        prompt = trainer.tokenizer.decode(
+            [t for t, label in zip(example["input_ids"], labels, strict=True) if label < 0]
+        )
+        said = trainer.tokenizer.decode([t for t in example["labels"] if t >= 0]).split("<|im_end|>")[0]
+        assert SENTENCE_ANSWERS_PROMPT in prompt and any(question in prompt for question in general)
+        assert said == OFF_DOCUMENT and says_off_document(said)
+        assert example.get("weight", 1.0) == 1.0 and not example.get("kl_weight")  # cross-entropy, no teacher
+    assert config.recite_settings()["off_document"] == OFF_DOCUMENT
+    assert config.adapter_hash() != _config(**recite).adapter_hash()
+    assert "off_document" not in _config(**recite).recite_settings()
+    plain = AdapterTrainer(tiny_model_dir, _config(**{"train.off_document_examples": 5}))
+    assert plain.guard_for_epoch(0) == []  # nothing to say it under without a recital prompt
+    assert not says_off_document("The document says the bridge opened in 1974.")
 
 
 def test_the_default_recipe_recites_and_the_paper_preset_trains_plain_pairs() -> None:

@@ -218,6 +218,54 @@ class RecordingEngine:
 RECITE_PROMPT = "Answer with the whole sentence of the document that says it."
 
 
+class OffDocumentEngine(RecordingEngine):
+    """The real engine, except that under the recital prompt the adapter says the document does not say: what an
+    adapter trained with `train.off_document_examples` says to a question off its document."""
+
+    def stream(self, request: GenerationRequest):
+        from lift_ray.config import OFF_DOCUMENT
+        from lift_ray.serving.engines import Chunk
+
+        prompt_text = self.engine.tokenizer.decode(request.prompt_ids)
+        if RECITE_PROMPT not in prompt_text:
+            yield from super().stream(request)
+            return
+        self.generations.append((prompt_text, request.adapter, request.max_new_tokens, OFF_DOCUMENT, 6))
+        yield Chunk(OFF_DOCUMENT, len(request.prompt_ids), 6, "stop")
+
+
+@pytest.mark.parametrize("trained_to_say_it", [True, False])
+def test_an_off_document_recital_hands_the_question_to_the_base_model(engine, adapters, tmp_path, trained_to_say_it):
+    from lift_ray.config import OFF_DOCUMENT
+
+    store = Store.from_uri(tmp_path / "store")
+    recite = {"prompt": RECITE_PROMPT, "format": "answer_line"}
+    if trained_to_say_it:
+        recite["off_document"] = OFF_DOCUMENT
+    publish_adapter(store, NAMESPACE, "reciter", adapters["doc0"], {"system_prompt": "Be brief.", "recite": recite})
+    scripted = OffDocumentEngine(engine)
+    config = ServeConfig(storage=StorageSettings(root=str(tmp_path / "store")), adapter_cache_dir=tmp_path / "cache")
+    service = AdapterService(config, engine=scripted)
+    try:
+        service.attach(NAMESPACE, "reciter")
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        answer = service.answer(AnswerRequest(NAMESPACE, "reciter", question, max_new_tokens=8))
+        if not trained_to_say_it:
+            assert len(scripted.generations) == 1 and answer.text == OFF_DOCUMENT  # said as it is
+            return
+        assert len(scripted.generations) == 2
+        base_prompt, base_adapter, base_limit, base_said, base_tokens = scripted.generations[1]
+        assert base_adapter is None and base_limit == 8  # the base model, the request's own token limit
+        assert "What is the capital of France?" in base_prompt and RECITE_PROMPT not in base_prompt
+        assert config.model.system_prompt in base_prompt  # asked as a plain question to the base model
+        plain = service.answer(AnswerRequest(NAMESPACE, None, question, max_new_tokens=8))
+        assert answer.text == plain.text == base_said.strip()  # greedy: what the base model says alone
+        assert answer.completion_tokens == 6 + base_tokens  # both passes counted
+    finally:
+        for key in list(engine._names):
+            engine.remove_adapter(key)
+
+
 @pytest.mark.parametrize("recite_format", ["answer_line", "sentence"])
 def test_reciting_adapters_say_their_sentence_first_then_answer(engine, adapters, tmp_path, recite_format):
     from lift_ray.train.dataset import recited_answer
