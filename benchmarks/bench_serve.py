@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lift_ray.config import ALL_LINEAR, ServeConfig, load_config
+from lift_ray.engines.runtime import available_cpus
 from lift_ray.layout import publish_adapter
 from lift_ray.models import ensure_embedded_model
 from lift_ray.storage import Store
@@ -212,6 +213,9 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
     from serve.app import build_app
 
     port = free_port()
+    # The cores shared out between the replicas: each its own threads, none bound to cores another one binds.
+    threads = max(1, len(available_cpus()) // replicas)
+    sharing = [f"torch_threads={threads}", *(["vllm.cpu_threads_bind=nobind"] if replicas > 1 else [])]
     config = load_config(
         ServeConfig,
         None,
@@ -226,6 +230,7 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
             f"max_ongoing_requests={args.concurrency}",
             f"max_adapters_per_replica={args.memory_adapters}",
             f"max_lora_rank={ADAPTER_RANK}",
+            *sharing,
             *args.overrides,
         ],
     )
@@ -280,6 +285,8 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
     return {
         "engine": engine,
         "replicas": replicas,
+        "threads_per_replica": config.torch_threads,
+        "cpu_threads_bind": config.vllm.cpu_threads_bind,
         "errors": sum(r["status"] != 200 for r in everything),
         "requests_sent": len(everything) + 2 * args.unloaded + 1,
         "requests_per_s": round(len(load) / load_s, 2),
@@ -399,7 +406,8 @@ def main() -> None:
             f"{figures['device']}; {args.adapters} adapters registered on the S3 server (moto, loopback), "
             f"{figures['adapter_shape']}; per setting {args.requests} requests at concurrency {args.concurrency}, "
             f"Zipf-like over {args.hot} of the adapters with every {args.base_every}th to the base model, "
-            f"{args.max_tokens} tokens each; {args.memory_adapters} adapters in memory per replica. Latency at the "
+            f"{args.max_tokens} tokens each; {args.memory_adapters} adapters in memory per replica; the cores shared "
+            "out between the replicas (`torch_threads`; vLLM's core binding off with more than one). Latency at the "
             'client, end to end over HTTP; "warm" = adapter already in memory; "distinct / single" = '
             f"requests/s with {args.distinct} adapters in flight over requests/s with one "
             f"({args.distinct_requests} requests each). Figures: `docs/results/serve.json`.",
