@@ -163,20 +163,26 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
+    for index, run in enumerate(runs):
         label = f"{run['engine']} x{run['replicas']}"
         for kind, style in (("base_ms", "--"), ("warm_ms", "-")):
             ordered = np.sort(run["latencies"][kind])
             if len(ordered):
-                left.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), style, label=f"{label} {kind[:-3]}")
+                fraction = np.arange(1, len(ordered) + 1) / len(ordered)
+                left.plot(ordered, fraction, style, color=f"C{index}", label=f"{label} {kind[:-3]}")
     left.set_xscale("log")
     left.set_xlabel("request latency under the same load, ms (client, end to end)")
     left.set_ylabel("fraction of requests")
     left.legend(fontsize=7)
     names = [f"{run['engine']} x{run['replicas']}" for run in runs]
     positions = np.arange(len(runs))
-    right.bar(positions - 0.2, [run["requests_per_s"] for run in runs], 0.4, label="Zipf load over hot adapters")
-    right.bar(positions + 0.2, [run["distinct_requests_per_s"] for run in runs], 0.4, label="distinct adapters")
+    bars = (
+        ("requests_per_s", "Zipf load over hot adapters"),
+        ("single_requests_per_s", "one adapter"),
+        ("distinct_requests_per_s", "distinct adapters"),
+    )
+    for offset, (key, label) in zip((-0.27, 0.0, 0.27), bars, strict=True):
+        right.bar(positions + offset, [run[key] for run in runs], 0.27, label=label)
     right.set_xticks(positions, names)
     right.set_ylabel("requests/s")
     right.legend(fontsize=8)
@@ -214,8 +220,14 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
 
     port = free_port()
     # The cores shared out between the replicas: each its own threads, none bound to cores another one binds.
-    threads = max(1, len(available_cpus()) // replicas)
-    sharing = [f"torch_threads={threads}", *(["vllm.cpu_threads_bind=nobind"] if replicas > 1 else [])]
+    # The ingress needs 0.1 CPU beside the replicas.
+    cores = len(available_cpus())
+    threads = max(1, cores // replicas)
+    sharing = [
+        f"torch_threads={threads}",
+        f"num_cpus_per_replica={min(1.0, round((cores - 0.1) / replicas, 2))}",
+        *(["vllm.cpu_threads_bind=nobind"] if replicas > 1 else []),
+    ]
     config = load_config(
         ServeConfig,
         None,
@@ -226,7 +238,6 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
             f"num_replicas={replicas}",
             f"adapter_cache_dir={work / f'cache-{engine}-{replicas}'}",
             f"port={port}",
-            "num_cpus_per_replica=1",
             f"max_ongoing_requests={args.concurrency}",
             f"max_adapters_per_replica={args.memory_adapters}",
             f"max_lora_rank={ADAPTER_RANK}",
@@ -235,7 +246,7 @@ def run_setting(args: argparse.Namespace, engine: str, replicas: int, root: str,
         ],
     )
     print(f"== {engine} x{replicas}", flush=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         started = time.perf_counter()
