@@ -203,33 +203,38 @@ QUOTES: list[Quote] = [
     *table(
         "serve",
         {
-            "## Serving": [
-                "device",
-                ("engine", {"shown": "engine `{}`;"}),
-                ("adapters_registered", {"shown": "{} rank-8 adapters"}),
-            ],
+            "## Serving": ["device", ("adapters_registered", {"shown": "{} adapters registered"}), "adapter_shape"],
             "registered on the S3 server": [
-                ("requests", {"shown": "{} requests"}),
+                ("requests", {"shown": "per setting {} requests"}),
                 ("concurrency", {"shown": "concurrency {}"}),
-                ("hot_adapters", {"shown": "over {} of them"}),
+                ("hot_adapters", {"shown": "over {} of the adapters"}),
+                ("base_every", {"shown": "every {}th"}),
                 ("max_tokens", {"shown": "{} tokens each"}),
-                ("memory_adapters_per_replica", {"shown": "{} adapters in memory"}),
             ],
-            "| base model alone |": ["requests", "errors", "base_p50_ms", "base_p99_ms"],
-            "| adapters, all |": ["requests", "errors", "p50_ms", "p99_ms"],
+            "tokens each;": [("memory_adapters_per_replica", {"shown": "{} adapters in memory"})],
+            '"distinct / single" =': [
+                ("distinct_adapters", {"shown": "with {} adapters in flight"}),
+                ("distinct_requests", {"shown": "({} requests each)"}),
+            ],
             **{
-                f"| adapters from {tier} |": [
-                    f"by_source.{tier}.{key}" for key in ("requests", "p50_ms", "p99_ms", "load_p50_ms")
+                f"| `{engine}` x{replicas} |": [
+                    f"runs.{index}.{key}"
+                    for key in (
+                        "requests_per_s",
+                        "p50_ms",
+                        "warm_p50_ms",
+                        "base_p50_same_load_ms",
+                        "warm_vs_base_same_load",
+                        "distinct_100_vs_single",
+                        "unloaded_warm_vs_base",
+                        "cold_load_ms",
+                        "errors",
+                    )
                 ]
-                for tier in ("memory", "disk", "store")
+                for index, (engine, replicas) in enumerate((("hf", 1), ("vllm", 1), ("vllm", 2)))
             },
-            "| rank-16 adapter cold from S3": [(count_of("cold_load_all_ms"), {"shown": "(x{})"}), "cold_load_ms"],
-            "| base, one at a time |": ["unloaded_requests", "unloaded_base_p50_ms"],
-            "| warm adapter, one at a time |": ["unloaded_requests", "unloaded_warm_p50_ms"],
-            "(the adapter's own cost): ": [("unloaded_warm_vs_base", {"shown": "**{}**"})],
-            "(queueing included): ": ["warm_p50_vs_base"],
-            "Cold rank-16 adapter from S3 into memory: ": [("cold_load_ms", {"shown": "**{} ms**"})],
-            "errors: ": [("errors", {"shown": "**{}**"})],
+            "Best vLLM setting over hf x1, requests/s: ": [("vllm_vs_hf_requests_per_s", {"shown": "**{}**"})],
+            "; errors: ": [("errors", {"shown": "**{}**"})],
         },
     ),
     *table(
@@ -319,43 +324,7 @@ QUOTES: list[Quote] = [
             ),
         ],
     ),
-    *prose(
-        BENCH,
-        "serve.json",
-        [
-            ("Notes on the serving figures above", "errors", {"shown": "{} errors in"}),
-            (
-                "Notes on the serving figures above",
-                named("requests under load and cold", lambda d: f"{2 * d['requests'] + len(d['cold_load_all_ms']):,}"),
-                {"shown": "{} requests under load or cold"},
-            ),
-            (
-                "Notes on the serving figures above",
-                named("2 x unloaded_requests", lambda d: 2 * d["unloaded_requests"]),
-                {"shown": "none in the {} sent one at a time"},
-            ),
-            (
-                "adapter comes from the S3 server into memory in",
-                "cold_load_ms",
-                {"digits": 0, "shown": "{} ms (median"},
-            ),
-            ("adapter comes from the S3 server into memory in", count_of("cold_load_all_ms"), {"shown": "of {};"}),
-            ("a warm adapter answered in", "unloaded_warm_p50_ms", {"digits": 0, "shown": "{} ms p50"}),
-            ("a warm adapter answered in", "unloaded_base_p50_ms", {"digits": 0, "shown": "model's {} ms"}),
-            ("a warm adapter answered in", "unloaded_warm_vs_base", {"shown": "({}x;"}),
-            ("decodes one request at a time, so", "concurrency", {"shown": "so {} requests in flight"}),
-            ("(base p50 ", "base_p50_ms", {**MS_AS_S, "shown": "(base p50 {} s"}),
-            ("(base p50 ", "base_requests_per_s", {"digits": 1, "shown": "at {} requests/s"}),
-            ("overtook that queue", "warm_p50_ms", {**MS_AS_S, "shown": "(p50 {} s)"}),
-            ('"warm / base" under load', "warm_p50_vs_base", {"shown": "under load ({})"}),
-            (
-                'The disk and store rows\' "load"',
-                "by_source.disk.load_p50_ms",
-                {**MS_AS_S, "digits": 0, "shown": "({} s p50)"},
-            ),
-            ("(a lone cold load is the", "cold_load_ms", {"digits": 0, "shown": "the {} ms"}),
-        ],
-    ),
+    # SERVE_NOTES
     *prose(
         BENCH,
         "online_batch.json",
