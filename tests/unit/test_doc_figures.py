@@ -424,6 +424,7 @@ QUOTES: list[Quote] = [
             ("**asked by reciting**: the adapter says", "eval_recite.json", "lift_recite"),
             ("| the same adapter's recital, read by the base model |", "eval_recite.json", "lift_recite_base"),
             ("| **recite, then the answer line**", "eval_recite_answer.json", "lift_recite_answer"),
+            ("| the same recipe on **m = 10** pairs", "eval_recite_answer_10qa.json", "lift_recite_answer_10qa"),
         ]
         for quote in prose(
             "docs/evaluation.md",
@@ -550,6 +551,51 @@ QUOTES: list[Quote] = [
             ),
             ("but the adapter answers fewer of them", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
             ("so `contains` gains only", "lift.contains", {"digits": 3, "shown": "→ {}."}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recite_answer_10qa.json",
+        [
+            (
+                "(in QA 0.859 against",
+                "lift_recite_answer_10qa.qa_coverage.in_generated_qa",
+                {"digits": 3, "shown": "(in QA {} against"},
+            ),
+            (
+                "adapter answers fewer of them (0.425",
+                "lift_recite_answer_10qa.qa_coverage.right_when_in_qa",
+                {"digits": 3, "shown": "({} against"},
+            ),
+            ("`contains` falls from 0.482 to", "lift_recite_answer_10qa.contains", {"digits": 3, "shown": "to {}"}),
+            ("`contains` falls from 0.482 to", "lift_recite_answer_10qa.exact_match", {"digits": 3, "shown": "EM {})"}),
+            (
+                "Its training took 398 s per",
+                "lift_recite_answer_10qa.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "took {} s per"},
+            ),
+            (
+                "were asked by reciting\n(0.367)",
+                "lift_recite_answer_10qa.general_contains",
+                {"digits": 3, "shown": "({})"},
+            ),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recite_answer.json",
+        [
+            (
+                "(in QA 0.859 against",
+                "lift_recite_answer.qa_coverage.in_generated_qa",
+                {"digits": 3, "shown": "against {})"},
+            ),
+            (
+                "adapter answers fewer of them (0.425",
+                "lift_recite_answer.qa_coverage.right_when_in_qa",
+                {"digits": 3, "shown": "against {})"},
+            ),
+            ("`contains` falls from", "lift_recite_answer.contains", {"digits": 3, "shown": "from {} to"}),
         ],
     ),
     *prose(
