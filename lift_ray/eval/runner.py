@@ -342,6 +342,10 @@ def run_eval(
         scores = score_answers([predictions[q.id] for q in questions], questions)
         for row in scores["per_question"] if recited else []:
             row["recited"] = recited[row["id"]]
+        if recited:  # document questions whose recital said the document does not say (off_document_examples)
+            from lift_ray.train.dataset import says_off_document
+
+            entry["off_document_recitals"] = sum(says_off_document(text) for text in recited.values())
         if judge is not None:
             entry.update(judge_answers(scores["per_question"], judge))
         training = trained.get(method.adapter or "", {}).get("docqa")

@@ -425,6 +425,7 @@ QUOTES: list[Quote] = [
             ("| the same adapter's recital, read by the base model |", "eval_recite.json", "lift_recite_base"),
             ("| **recite, then the answer line**", "eval_recite_answer.json", "lift_recite_answer"),
             ("| the same recipe on **m = 10** pairs", "eval_recite_answer_10qa.json", "lift_recite_answer_10qa"),
+            ("| the default recipe **plus off-document recitals**", "eval_offdoc.json", "lift_recite_offdoc"),
         ]
         for quote in prose(
             "docs/evaluation.md",
@@ -551,6 +552,33 @@ QUOTES: list[Quote] = [
             ),
             ("but the adapter answers fewer of them", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
             ("so `contains` gains only", "lift.contains", {"digits": 3, "shown": "→ {}."}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_offdoc.json",
+        [
+            *[
+                ("| the default recipe's adapters again", f"lift_recite_answer.{key}", {"digits": 3})
+                for key in (
+                    "contains",
+                    "exact_match",
+                    "f1",
+                    "by_kind.paraphrase.contains",
+                    "general_contains",
+                    "qa_coverage.in_generated_qa",
+                    "qa_coverage.right_when_in_qa",
+                )
+            ],
+            ("it answers 0.317 of the general", "lift_recite_answer.general_contains", {"digits": 3}),
+            ("says that the base model answers the bare", "lift_recite_offdoc.general_contains", {"digits": 3}),
+            ("(`contains` 0.377\nagainst", "lift_recite_offdoc.contains", {"digits": 3}),
+            ("(`contains` 0.377\nagainst", "lift_recite_answer.contains", {"digits": 3, "shown": "default's {};"}),
+            (
+                "It trained in\n269 s per document",
+                "lift_recite_offdoc.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "{} s per"},
+            ),
         ],
     ),
     *prose(
