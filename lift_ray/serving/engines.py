@@ -366,12 +366,17 @@ class VLLMLoRAEngine:
         return llm.llm_engine
 
     def _zero_lora(self, engine: Any) -> Any:
-        """A pinned all-zero adapter that base-model requests carry on CPU.
+        """An all-zero adapter that base-model requests carry on CPU.
 
         vLLM's CPU LoRA ops (torch fallbacks of the punica kernels) index the stacked adapter weights with
         each token's adapter slot, and a token without an adapter has slot -1, which Python indexing turns
         into the *last* slot: in a batch that mixes base and adapter requests the base rows got another
         document's adapter (measured: different greedy answers than alone). GPU kernels skip -1.
+        Not pinned: vLLM's scheduler lets `max_loras` different adapters into one step and the engine has that
+        many slots, so a pinned zero adapter left one slot short whenever a step held `max_loras` documents and
+        no base request (vLLM evicted one of the step's own adapters: KeyError in `convert_mapping`, every
+        request in flight failed; bench_serve, 1,000 adapters). Unpinned it takes a slot only in steps with a
+        base request, where the scheduler counts it.
         """
         import tempfile
 
@@ -381,7 +386,6 @@ class VLLMLoRAEngine:
         lora = LoRARequest(lora_name="lift-ray-base", lora_int_id=self._next_lora_id, lora_path=str(folder))
         self._next_lora_id += 1
         engine.add_lora(lora)
-        engine.pin_lora(lora.lora_int_id)
         return lora
 
     def _run(self) -> None:
