@@ -203,10 +203,13 @@ QUOTES: list[Quote] = [
     *table(
         "serve",
         {
-            "## Serving": ["device", ("adapters_registered", {"shown": "{} adapters registered"}), "adapter_shape"],
-            "registered on the S3 server": [
+            "## Serving": ["device", ("adapters_registered", {"shown": "{} adapters registered"})],
+            "(moto, loopback), ": ["adapter_shape"],
+            "; per setting": [
                 ("requests", {"shown": "per setting {} requests"}),
                 ("concurrency", {"shown": "concurrency {}"}),
+            ],
+            "Zipf-like over": [
                 ("hot_adapters", {"shown": "over {} of the adapters"}),
                 ("base_every", {"shown": "every {}th"}),
                 ("max_tokens", {"shown": "{} tokens each"}),
@@ -324,7 +327,18 @@ QUOTES: list[Quote] = [
             ),
         ],
     ),
-    # SERVE_NOTES
+    *prose(
+        BENCH,
+        "serve.json",
+        [
+            ("of one core each, served", "vllm_vs_hf_requests_per_s", {"shown": "served {}x"}),
+            ("once with one replica (", "runs.1.errors", {"shown": "({} errors)"}),
+            ("once per replica\nwith two (", "runs.2.errors", {"shown": "two ({})"}),
+            ("100 distinct adapters in flight ran at", "runs.1.distinct_100_vs_single", {"shown": "ran at {} of"}),
+            ("A cold adapter took", "runs.1.cold_load_ms", {**MS_AS_S, "shown": "took {} s"}),
+            ("A cold adapter took", "runs.0.cold_load_ms", {"digits": 0, "shown": "against {} ms"}),
+        ],
+    ),
     *prose(
         BENCH,
         "online_batch.json",
