@@ -220,7 +220,7 @@ QUOTES: list[Quote] = [
                 ("distinct_requests", {"shown": "({} requests each)"}),
             ],
             **{
-                f"| `{engine}` x{replicas} |": [
+                f"| `{engine}` x{replicas} (random-weight adapters) |": [
                     f"runs.{index}.{key}"
                     for key in (
                         "requests_per_s",
