@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -116,6 +117,7 @@ class AdapterFetcher:
         self._flight: SingleFlight[FetchedAdapter] = SingleFlight()
         self._unusable: dict[Path, str] = {}  # version folder -> reason, so a bad adapter is not re-downloaded
         self._evict_lock = threading.Lock()
+        self._stamp_lock, self._last_stamp_ns = threading.Lock(), 0
 
     def fetch(self, namespace: str, doc_id: str) -> FetchedAdapter:
         """The adapter of `doc_id`: from local disk when the cached copy matches the manifest, else the store."""
@@ -151,19 +153,30 @@ class AdapterFetcher:
             self._unusable[path] = reason
             shutil.rmtree(path, ignore_errors=True)
             raise AdapterUnusable(reason) from None
-        (path / _LAST_USED).touch()
+        self._mark_used(path)
         if source == "store":
             self.evict(keep=path)
         return FetchedAdapter(path, manifest, source, time.perf_counter() - started)
 
-    def cached_folders(self) -> list[tuple[float, int, Path]]:
-        """(last used, bytes, folder) of every complete adapter on disk, least recently used first."""
+    def _mark_used(self, folder: Path) -> None:
+        # An explicit, strictly increasing nanosecond stamp: `touch()` takes the kernel's coarse clock
+        # (a few ms per tick), so two uses within one tick would tie and evict the wrong adapter.
+        with self._stamp_lock:
+            self._last_stamp_ns = max(time.time_ns(), self._last_stamp_ns + 1)
+            stamp = self._last_stamp_ns
+        (folder / _LAST_USED).touch()
+        os.utime(folder / _LAST_USED, ns=(stamp, stamp))
+
+    def cached_folders(self) -> list[tuple[int, int, Path]]:
+        """(last used in ns, bytes, folder) of every complete adapter on disk, least recently used first."""
         folders = []
         for marker in self.cache_dir.glob(f"*/*/*/{COMPLETE_MARKER}"):
             folder = marker.parent
             try:
                 used = (
-                    (folder / _LAST_USED).stat().st_mtime if (folder / _LAST_USED).exists() else marker.stat().st_mtime
+                    (folder / _LAST_USED).stat().st_mtime_ns
+                    if (folder / _LAST_USED).exists()
+                    else marker.stat().st_mtime_ns
                 )
                 size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
             except FileNotFoundError:
