@@ -142,6 +142,14 @@ class GeneratorSettings(_Section):
         description="round-trip check: the generator answers each new question from the text, and a pair is kept "
         "only when that answer agrees with the pair's answer (catches questions that do not fit their answer)",
     )
+    question_rewrites: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="after the pairs are written, the generator rewords each question this many times (other words, "
+        "same meaning, answer not given away); a rewrite is trained like its pair, so the adapter learns the fact "
+        "under more than one wording; 0: off",
+    )
     sentence_cache: bool = Field(
         False,
         description="also cache QA per sentence (same sentence, paragraph and generator settings) in the store, so "
@@ -481,6 +489,8 @@ class LiftConfig(_Section):
             "max_answer_chars": generator.max_answer_chars,
             "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
             "seed": self.seed,
+            # only when on, so the QA caches written before the setting existed stay valid
+            **({"question_rewrites": generator.question_rewrites} if generator.question_rewrites else {}),
         }
 
     def adapter_hash(self) -> str:

@@ -25,6 +25,7 @@ class DocumentReport:
     dropped_pairs: int = 0
     ungrounded_pairs: int = 0
     unverified_pairs: int = 0
+    dropped_rewrites: int = 0
     cached_sentences: int = 0
     final_loss: float | None = None
     adapter_uri: str | None = None

@@ -80,6 +80,15 @@ _SENTENCE_ANSWERS = (
     f"train.sentence_answers_prompt={json.dumps(SENTENCE_ANSWERS_PROMPT)}",
 )
 _LIFT_SENTENCES = (*_LIFT_5, *_SENTENCE_ANSWERS)
+_RECITE_ANSWER = (*_SENTENCE_ANSWERS, "train.sentence_answers_with_answer=true")
+# m = 5 with every question also reworded once by the generator: its own QA cache (the pairs' key changes).
+_LIFT_5_REWRITES = (
+    "train.variant=lift",
+    "generator.qa_per_sentence=5",
+    "generator.question_rewrites=1",
+    "storage.qa_namespace=eval-lift-rewrites",
+    *PLAIN_QA_TRAINING,
+)
 METHODS: tuple[Method, ...] = (
     Method("base", "base model, question only (what the model knows without the document)", None, False),
     Method("icl", "base model with the document in the prompt, head and tail kept to fit (truncated ICL)", None, True),
@@ -141,7 +150,17 @@ METHODS: tuple[Method, ...] = (
         "sentence-answer prompt), and asked that way; question only",
         "lift_recite_answer",
         False,
-        (*_LIFT_SENTENCES, "train.sentence_answers_with_answer=true"),
+        (*_LIFT_5, *_RECITE_ANSWER),
+        recite="self",
+    ),
+    Method(
+        "lift_recite_rewrites",
+        "the `lift_recite_answer` recipe with every generated question also reworded once by the generator "
+        "(generator.question_rewrites=1), each rewording taught to recite its pair's sentence and answer; asked by "
+        "reciting; question only",
+        "lift_recite_rewrites",
+        False,
+        (*_LIFT_5_REWRITES, *_RECITE_ANSWER),
         recite="self",
     ),
     Method(
@@ -150,7 +169,7 @@ METHODS: tuple[Method, ...] = (
         "(train.off_document_examples=16); such a recital hands the question to the base model; question only",
         "lift_recite_offdoc",
         False,
-        (*_LIFT_SENTENCES, "train.sentence_answers_with_answer=true", "train.off_document_examples=16"),
+        (*_LIFT_5, *_RECITE_ANSWER, "train.off_document_examples=16"),
         recite="self",
     ),
     Method(
@@ -166,7 +185,7 @@ METHODS: tuple[Method, ...] = (
         "question only",
         "lift_recite_answer_10qa",
         False,
-        (*_LIFT_10, *_SENTENCE_ANSWERS, "train.sentence_answers_with_answer=true"),
+        (*_LIFT_10, *_RECITE_ANSWER),
         recite="self",
     ),
     Method(

@@ -22,7 +22,17 @@ from lift_ray.storage import ObjectNotFound, Store, StoreError
 log = logging.getLogger(__name__)
 
 # Columns the generator adds to a sentence row; a cached sentence gets them back from the store.
-GENERATED_COLUMNS = ("qa_json", "malformed", "retried", "attempts", "dropped", "ungrounded", "repaired", "unverified")
+GENERATED_COLUMNS = (
+    "qa_json",
+    "malformed",
+    "retried",
+    "attempts",
+    "dropped",
+    "ungrounded",
+    "repaired",
+    "unverified",
+    "rewrites_dropped",
+)
 
 
 def _digest(parts: dict[str, Any]) -> str:
@@ -78,7 +88,7 @@ class SentenceQACache:
 
 def _reused(row: dict[str, Any], generated: dict[str, Any]) -> dict[str, Any]:
     """`row` completed with QA generated for the same sentence elsewhere: no tokens spent on it."""
-    return {**row, **{c: generated[c] for c in GENERATED_COLUMNS}, "output_tokens": 0, "cache_hit": True}
+    return {**row, **{c: generated.get(c, 0) for c in GENERATED_COLUMNS}, "output_tokens": 0, "cache_hit": True}
 
 
 def complete_with_cache(

@@ -14,10 +14,11 @@ from lift_ray.config import GeneratorSettings, LiftConfig
 from lift_ray.engines import ChatEngine, Generation, SamplingSettings, make_engine
 from lift_ray.metrics import answer_in_question, answer_is_grounded, answers_agree, normalize_answer, snap_to_source
 from lift_ray.synth.cache import SentenceQACache, complete_with_cache
-from lift_ray.synth.parsing import parse_qa_output, validate_pairs
+from lift_ray.synth.parsing import parse_qa_output, parse_rewrite, validate_pairs
 from lift_ray.synth.prompts import (
     build_answer_aware_messages,
     build_messages,
+    build_rewrite_messages,
     build_verify_messages,
     load_instruction,
     qa_list_schema,
@@ -38,6 +39,9 @@ class QAGenerator:
     - `aware` (unless `answer_aware` is off): one question per answer span picked from the sentence
       (`spans.candidate_answers`: names, numbers, dates), greedy; the span is the answer;
     - `sampled`: the free-form prompt again at `retry_temperature`, `samples_per_retry` candidates each.
+
+    With `question_rewrites` = k, every kept pair then gets up to k rewordings of its question (the first greedy,
+    the others sampled at `retry_temperature`); unusable ones are counted in `rewrites_dropped`.
 
     A sentence needs another stage while it has no pair whose answer comes from the sentence itself (or,
     without `require_grounded`, no pair at all); with `answer_aware="fill"` the `aware` stage also serves
@@ -173,13 +177,36 @@ class QAGenerator:
             return spans
         return spans[: self.settings.qa_per_sentence - len(pairs)]
 
+    def _rewrite(self, pairs: list[list[tuple[str, str]]], results: list[dict[str, Any]]) -> list[list[list[str]]]:
+        """For each row's pairs, the rewordings of their questions (`question_rewrites` asked, usable ones kept)."""
+        wanted = self.settings.question_rewrites
+        rewrites: list[list[list[str]]] = [[[] for _ in found] for found in pairs]
+        flat = [(index, position) for index, found in enumerate(pairs) for position in range(len(found))]
+        for attempt in range(wanted if flat else 0):
+            sampling = SamplingSettings(
+                max_new_tokens=64,
+                temperature=0.0 if attempt == 0 else self.settings.retry_temperature,
+                seed=self.seed + 101 + attempt,
+            )
+            replies = self.engine.generate([build_rewrite_messages(pairs[i][p][0]) for i, p in flat], sampling)
+            for (index, position), reply in zip(flat, replies, strict=True):
+                question, answer = pairs[index][position]
+                results[index]["output_tokens"] += reply.output_tokens
+                rewrite = parse_rewrite(reply.text, question, answer)
+                known = rewrites[index][position]
+                if rewrite is None or normalize_answer(rewrite) in {normalize_answer(q) for q in known}:
+                    results[index]["rewrites_dropped"] += 1
+                else:
+                    known.append(rewrite)
+        return rewrites
+
     def generate(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """For each sentence row, the same row plus `qa_json` and counters.
 
         Counters: `malformed` (outputs with no usable pair), `retried`, `attempts`, `dropped` (invalid,
         duplicate, surplus or ungrounded pairs), `ungrounded` (the last kind alone), `repaired` (answers
         snapped to the sentence's spelling), `unverified` (pairs that failed the round-trip check, also in
-        `dropped`), `output_tokens`.
+        `dropped`), `rewrites_dropped` (unusable rewordings of `question_rewrites`), `output_tokens`.
         """
         results: list[dict[str, Any]] = [
             {
@@ -191,6 +218,7 @@ class QAGenerator:
                 "ungrounded": 0,
                 "repaired": 0,
                 "unverified": 0,
+                "rewrites_dropped": 0,
                 "output_tokens": 0,
             }
             for row in rows
@@ -233,8 +261,13 @@ class QAGenerator:
             for index, new in candidates:
                 extra = len(new) if stage == "aware" and self.settings.answer_aware == "spans" else 0
                 pairs[index] = self._merge(results[index], rows[index], pairs[index], new, extra)
-        for result, found in zip(results, pairs, strict=True):
-            result["qa_json"] = json.dumps([{"question": q, "answer": a} for q, a in found], ensure_ascii=False)
+        rewrites = self._rewrite(pairs, results) if self.settings.question_rewrites else [[]] * len(rows)
+        for result, found, reworded in zip(results, pairs, rewrites, strict=True):
+            items: list[dict[str, Any]] = [{"question": q, "answer": a} for q, a in found]
+            for item, more in zip(items, reworded, strict=False):
+                if more:
+                    item["rewrites"] = more
+            result["qa_json"] = json.dumps(items, ensure_ascii=False)
         return results
 
 

@@ -104,3 +104,23 @@ def parse_qa_output(text: str, max_pairs: int, max_answer_chars: int = 400) -> P
     kept, dropped = validate_pairs(found, max_answer_chars)
     extra = max(0, len(kept) - max_pairs)
     return ParsedQA(pairs=kept[:max_pairs], malformed=not kept, dropped=dropped + extra)
+
+
+_REWRITE_PREFIX = re.compile(r"^(?:\d+[.)]\s+)?(?:(?:(?:rewritten|new)\s+)?(?:question|q)\s*\d*\s*:)?", re.IGNORECASE)
+_DECORATION = " \"'`*"
+
+
+def parse_rewrite(text: str, question: str, answer: str) -> str | None:
+    """The rewritten question in a generator's reply, or None when it is unusable: no question on the first line,
+    the same words as `question`, or `answer` given away in it."""
+    from lift_ray.metrics import answer_in_question, normalize_answer
+
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    rewrite = _REWRITE_PREFIX.sub("", lines[0].strip(_DECORATION), count=1).strip(_DECORATION)
+    if not rewrite.endswith("?") or not 8 <= len(rewrite) <= MAX_QUESTION_CHARS:
+        return None
+    if normalize_answer(rewrite) == normalize_answer(question) or answer_in_question(answer, rewrite):
+        return None
+    return rewrite

@@ -153,6 +153,20 @@ VERIFY_INSTRUCTION = (
 )
 
 
+REWRITE_INSTRUCTION = (
+    "Rewrite the question in other words: use different words and a different sentence structure, keep its "
+    "meaning, and do not answer it. Reply with the rewritten question only."
+)
+
+
+def build_rewrite_messages(question: str) -> list[dict[str, str]]:
+    """The chat messages asking the generator to reword one of its questions (`generator.question_rewrites`)."""
+    return [
+        {"role": "system", "content": REWRITE_INSTRUCTION},
+        {"role": "user", "content": f"Question: {question}"},
+    ]
+
+
 def build_verify_messages(context: str, sentence: str, question: str, context_chars: int = 600) -> list[dict[str, str]]:
     """The chat messages asking the generator to answer its own `question` from the sentence and the end
     of its paragraph (a round-trip check of a generated pair)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,6 +51,7 @@ def tokenize_qa(
 
 
 ANSWER_MARK = "Answer:"  # after a recited sentence, the line with the short answer (train.sentence_answers_with_answer)
+_ANSWER_LINE = re.compile(rf"(?:^|\n)[ \t]*{re.escape(ANSWER_MARK)}([^\n]*)")
 
 
 def recital_with_answer(sentence: str, answer: str) -> str:
@@ -63,12 +65,16 @@ def says_off_document(recital: str) -> bool:
 
 
 def recited_answer(text: str) -> tuple[str, str]:
-    """(recital, answer) of a reply in the `recital_with_answer` form: the answer is what follows the last
-    `ANSWER_MARK`; a reply without one is all recital and answers with its whole text."""
-    recital, mark, answer = text.rpartition(ANSWER_MARK)
-    if not mark:
+    """(recital, answer) of a reply in the `recital_with_answer` form: the answer is the rest of the first line
+    that starts with `ANSWER_MARK` (lines a model adds after it, more answer lines included, are not trained and
+    are left out); a reply without such a line is all recital and answers with its whole text."""
+    found = _ANSWER_LINE.search(text)
+    if found is None:
         return text.strip(), text.strip()
-    return recital.strip(), answer.strip()
+    answer = found.group(1).strip()
+    if not answer:  # "Answer:" alone on its line: the answer is the next line that says something
+        answer = next((line.strip() for line in text[found.end() :].splitlines() if line.strip()), "")
+    return text[: found.start()].strip(), answer
 
 
 def collate(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -154,6 +160,7 @@ def generation_counters(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
         "dropped_pairs": sum(int(r.get("dropped", 0)) for r in rows),
         "ungrounded_pairs": sum(int(r.get("ungrounded", 0)) for r in rows),
         "unverified_pairs": sum(int(r.get("unverified", 0)) for r in rows),
+        "dropped_rewrites": sum(int(r.get("rewrites_dropped", 0)) for r in rows),
         "cached_sentences": sum(1 for r in rows if r.get("cache_hit")),
     }
 

@@ -405,7 +405,9 @@ class AdapterTrainer:
     def qa_examples(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Tokenised QA examples of sentence rows (none for `finetune_raw`).
 
-        Cross-entropy weight: gamma in `lift_mixed`, 0 with `objective=distill`; with a distilling objective each
+        A pair's rewordings (`generator.question_rewrites`) are trained as the adapter is asked: under the recital
+        prompt when it recites with an answer line, else with the pair's answer. Cross-entropy weight: gamma in
+        `lift_mixed`, 0 with `objective=distill`; with a distilling objective each
         example also names its teacher (the question asked over the row's paragraph and sentence).
         """
         train = self.config.train
@@ -420,6 +422,8 @@ class AdapterTrainer:
             context = teacher_context(row, train.teacher_context_chars) if distilling else ""
             trained = self.row_pairs(row)[0]
             targets = [(system_prompt, p["question"], p["answer"]) for p in trained]
+            if not self.recites:  # rewordings (generator.question_rewrites) are trained the way the adapter is asked
+                targets += [(system_prompt, q, p["answer"]) for p in trained for q in p.get("rewrites", [])]
             if train.sentence_answers and row.get("sentence"):  # questions also answered by their sentence
                 asked = trained + self.echoed_pairs(row)
                 if train.sentence_answers_per_sentence:
@@ -427,7 +431,9 @@ class AdapterTrainer:
                 sentence = str(row["sentence"])
                 if train.sentence_answers_with_answer:
                     targets += [
-                        (sentence_prompt, p["question"], recital_with_answer(sentence, p["answer"])) for p in asked
+                        (sentence_prompt, question, recital_with_answer(sentence, p["answer"]))
+                        for p in asked
+                        for question in (p["question"], *p.get("rewrites", []))
                     ]
                 else:
                     targets += [(sentence_prompt, p["question"], sentence) for p in asked]

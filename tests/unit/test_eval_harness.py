@@ -299,6 +299,7 @@ def test_the_methods_and_what_they_need():
         "lift_recite",
         "lift_recite_base",
         "lift_recite_answer",
+        "lift_recite_rewrites",
         "lift_recite_offdoc",
         "lift_10qa",
         "lift_recite_answer_10qa",
@@ -316,6 +317,7 @@ def test_the_methods_and_what_they_need():
         "lift_recite": (True, False),
         "lift_recite_base": (True, False),
         "lift_recite_answer": (True, False),
+        "lift_recite_rewrites": (True, False),
         "lift_recite_offdoc": (True, False),
         "lift_10qa": (True, False),
         "lift_recite_answer_10qa": (True, False),
@@ -335,6 +337,10 @@ def test_method_configs_train_the_right_variants_in_their_own_namespaces():
     assert ten.generator.qa_per_sentence == 10 and ten.storage.qa_namespace == configs["lift_10qa"].storage.qa_namespace
     assert ten.recite_settings() == configs["lift_recite_answer"].recite_settings()
     assert configs["lift_recite_offdoc"].train.off_document_examples == 16
+    rewrites = configs["lift_recite_rewrites"]
+    assert rewrites.generator.question_rewrites == 1 and configs["lift_recite_answer"].generator.question_rewrites == 0
+    assert rewrites.recite_settings() == configs["lift_recite_answer"].recite_settings()
+    assert rewrites.storage.qa_namespace not in {configs[n].storage.qa_namespace for n in ("lift", "lift_10qa")}
     assert configs["lift_icl"].adapter_hash() == configs["lift"].adapter_hash()
     assert configs["lift_icl"].storage.namespace == configs["lift"].storage.namespace == "eval-lift"
     trained = {configs[n].adapter_hash() for n in ("finetune_raw", "lift", "lift_10qa")}
@@ -503,11 +509,12 @@ def test_run_eval_trains_each_variant_once_and_scores_every_method(tmp_path):
         "eval-lift_recite_answer",
         "eval-lift_recite_answer_10qa",
         "eval-lift_recite_offdoc",
+        "eval-lift_recite_rewrites",
         "eval-lift_sentences",
         "eval-lift_sft_distill",
     ]
     haystacks = 2 * len(niah.NEEDLES)  # 2 cells for each needle
-    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 9
+    assert sorted(run[1] for run in lifted if run[2] == haystacks) == ["niah"] * 10
     assert results["base"]["exact_match"] == 0.0 and results["base"]["niah_accuracy"] == 0.0
     for name in ("icl", "finetune_raw", "lift", "lift_10qa", "lift_icl"):
         assert results[name]["contains"] == 1.0, name

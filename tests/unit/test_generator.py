@@ -194,3 +194,31 @@ def test_round_trip_check_keeps_only_pairs_whose_question_leads_back_to_their_an
     verify_calls = [c for c, _ in engine.calls if c[0][0]["content"] == VERIFY_INSTRUCTION]
     assert len(verify_calls) == 1 and len(verify_calls[0]) == 3
     assert "Tessaro" in verify_calls[0][0][-1]["content"]  # the paragraph is shown to the verifier
+
+
+def test_question_rewrites_reword_each_kept_question_and_count_unusable_rewordings():
+    def script(attempt: int, conversation: Conversation) -> str:
+        asked = conversation[-1]["content"]
+        if attempt == 0:
+            return qa(("Who founded it?", "Ilsa Varnholt"), ("When was it founded?", "1887"))
+        if "Who founded it?" in asked:
+            # greedy: a good rewording; sampled: the same question again (unusable)
+            return "Question: Which person set up the glass works?" if attempt == 1 else "Who founded it?"
+        # the other question: first its answer given away, then a good rewording
+        return "In 1887, was it founded?" if attempt == 1 else "1. In which year did the works begin?\nAnswer: 1887"
+
+    result, engine = run(script, question_rewrites=2)
+    items = json.loads(result["qa_json"])
+    assert [item["question"] for item in items] == ["Who founded it?", "When was it founded?"]
+    assert items[0]["rewrites"] == ["Which person set up the glass works?"]
+    assert items[1]["rewrites"] == ["In which year did the works begin?"]
+    assert result["rewrites_dropped"] == 2
+    rewrite_calls = engine.calls[1:]
+    assert len(rewrite_calls) == 2 and all(len(conversations) == 2 for conversations, _ in rewrite_calls)
+    assert rewrite_calls[0][1].temperature == 0.0 and rewrite_calls[1][1].temperature > 0
+
+
+def test_without_question_rewrites_no_rewording_is_asked():
+    result, engine = run(lambda k, c: qa(("Who founded it?", "Ilsa Varnholt")))
+    assert "rewrites" not in json.loads(result["qa_json"])[0] and len(engine.calls) == 1
+    assert result["rewrites_dropped"] == 0

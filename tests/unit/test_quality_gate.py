@@ -188,6 +188,35 @@ def test_sentence_answers_with_answer_recite_the_sentence_then_give_the_pairs_an
     )
 
 
+def test_question_rewrites_are_trained_the_way_the_adapter_is_asked(tiny_model_dir: Path) -> None:
+    pairs = _pairs(0)
+    pairs[0]["rewrites"] = ["Which person put up bridge 0?", "Bridge 0 was the work of whom?"]
+    rows = [{"doc_id": "doc", "sentence_index": 0, "qa_json": json.dumps(pairs), "sentence": "Bridge 0 was built."}]
+
+    def decoded(trainer: AdapterTrainer) -> list[str]:
+        return [trainer.tokenizer.decode(e["input_ids"]) for e in trainer.qa_examples(rows)]
+
+    plain = decoded(AdapterTrainer(tiny_model_dir, _config(**{"train.holdout_share": 0})))
+    assert len(plain) == 5  # 3 pairs + 2 rewordings, each with the pair's short answer
+    assert sum("Which person put up bridge 0?" in text and "Anna Varn 0" in text for text in plain) == 1
+    reciting = {
+        "train.holdout_share": 0,
+        "train.sentence_answers": True,
+        "train.sentence_answers_prompt": f"'{SENTENCE_ANSWERS_PROMPT}'",
+        "train.sentence_answers_with_answer": True,
+    }
+    recited = decoded(AdapterTrainer(tiny_model_dir, _config(**reciting)))
+    assert len(recited) == 8  # 3 short pairs + 3 recitals + 2 rewordings, recited
+    rewordings = [text for text in recited if "Which person put up bridge 0?" in text or "the work of whom" in text]
+    assert len(rewordings) == 2
+    recital = "Bridge 0 was built.\nAnswer: Anna Varn 0"
+    assert all(SENTENCE_ANSWERS_PROMPT in text and recital in text for text in rewordings)
+    generated = load_config(LiftConfig, None, ["generator.question_rewrites=1"])
+    assert generated.adapter_hash() != LiftConfig().adapter_hash()
+    assert generated.generator_fingerprint() != LiftConfig().generator_fingerprint()
+    assert "question_rewrites" not in LiftConfig().generator_fingerprint()  # earlier QA caches stay valid
+
+
 def test_off_document_examples_teach_general_prompts_to_recite_that_the_document_does_not_say(
     tiny_model_dir: Path,
 ) -> None:
@@ -231,11 +260,16 @@ def test_the_default_recipe_recites_and_the_paper_preset_trains_plain_pairs() ->
     )
 
 
-def test_recited_answer_reads_the_last_answer_line() -> None:
+def test_recited_answer_reads_the_first_answer_line() -> None:
     text = recital_with_answer("The bridge opened in 1974.", "1974")
     assert text == "The bridge opened in 1974.\nAnswer: 1974"
     assert recited_answer(text) == ("The bridge opened in 1974.", "1974")
-    assert recited_answer("Answer: it says Answer: 12") == ("Answer: it says", "12")
+    # what a model adds after the trained answer line is not the answer
+    assert recited_answer(text + "\nAnswer: 1200\nAnswer: 1200") == ("The bridge opened in 1974.", "1974")
+    assert recited_answer("Answer: it says Answer: 12") == ("", "it says Answer: 12")
+    assert recited_answer("It opened.\nAnswer:\n 1974\nmore") == ("It opened.", "1974")
+    inline = "The Answer: column of 1974."  # the mark inside a line is not an answer line
+    assert recited_answer(inline) == (inline, inline)
     assert recited_answer("The bridge opened in 1974.") == ("The bridge opened in 1974.", "The bridge opened in 1974.")
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lift_ray.synth.parsing import extract_pairs, parse_qa_output, validate_pairs
+from lift_ray.synth.parsing import extract_pairs, parse_qa_output, parse_rewrite, validate_pairs
 from lift_ray.synth.prompts import build_messages, load_instruction, qa_list_schema
 
 
@@ -100,3 +100,22 @@ def test_unreadable_or_empty_templates_are_clear_errors(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ValueError, match="cannot read"):
         load_instruction(binary)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("Which person set up the ferry?", "Which person set up the ferry?"),
+        ("Question: Which person set up the ferry?", "Which person set up the ferry?"),
+        ('**Rewritten question:** "Which person set up the ferry?"', "Which person set up the ferry?"),
+        ("1. Which person set up the ferry?\nAnswer: Edda Pellworth", "Which person set up the ferry?"),
+        ("Quickly: which person set up the ferry?", "Quickly: which person set up the ferry?"),
+        ("Who started the ferry in 1871?", None),  # the same question
+        ("who started the ferry in 1871 ?", None),  # the same words
+        ("Was it Edda Pellworth who began the ferry?", None),  # the answer given away
+        ("Edda Pellworth started it.", None),  # not a question
+        ("", None),
+    ],
+)
+def test_parse_rewrite_keeps_a_new_question_that_does_not_give_its_answer_away(reply, expected):
+    assert parse_rewrite(reply, "Who started the ferry in 1871?", "Edda Pellworth") == expected
