@@ -150,6 +150,9 @@ class GeneratorSettings(_Section):
         "same meaning, answer not given away); a rewrite is trained like its pair, so the adapter learns the fact "
         "under more than one wording; 0: off",
     )
+    rewrite_temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the rewordings (greedy, small generators copy the question)"
+    )
     sentence_cache: bool = Field(
         False,
         description="also cache QA per sentence (same sentence, paragraph and generator settings) in the store, so "
@@ -490,7 +493,17 @@ class LiftConfig(_Section):
             "quality": generator.model_dump(include=QA_QUALITY_SETTINGS),
             "seed": self.seed,
             # only when on, so the QA caches written before the setting existed stay valid
-            **({"question_rewrites": generator.question_rewrites} if generator.question_rewrites else {}),
+            **({"rewrites": self._rewrite_fingerprint()} if generator.question_rewrites else {}),
+        }
+
+    def _rewrite_fingerprint(self) -> dict[str, Any]:
+        from lift_ray.synth.prompts import REWRITE_EXAMPLES, REWRITE_INSTRUCTION
+
+        prompt = json.dumps([REWRITE_INSTRUCTION, REWRITE_EXAMPLES])
+        return {
+            "k": self.generator.question_rewrites,
+            "temperature": self.generator.rewrite_temperature,
+            "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
         }
 
     def adapter_hash(self) -> str:

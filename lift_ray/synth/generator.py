@@ -40,8 +40,8 @@ class QAGenerator:
       (`spans.candidate_answers`: names, numbers, dates), greedy; the span is the answer;
     - `sampled`: the free-form prompt again at `retry_temperature`, `samples_per_retry` candidates each.
 
-    With `question_rewrites` = k, every kept pair then gets up to k rewordings of its question (the first greedy,
-    the others sampled at `retry_temperature`); unusable ones are counted in `rewrites_dropped`.
+    With `question_rewrites` = k, every kept pair then gets up to k rewordings of its question (sampled at
+    `rewrite_temperature`, up to 2k tries); unusable replies are counted in `rewrites_dropped`.
 
     A sentence needs another stage while it has no pair whose answer comes from the sentence itself (or,
     without `require_grounded`, no pair at all); with `answer_aware="fill"` the `aware` stage also serves
@@ -178,18 +178,23 @@ class QAGenerator:
         return spans[: self.settings.qa_per_sentence - len(pairs)]
 
     def _rewrite(self, pairs: list[list[tuple[str, str]]], results: list[dict[str, Any]]) -> list[list[list[str]]]:
-        """For each row's pairs, the rewordings of their questions (`question_rewrites` asked, usable ones kept)."""
+        """For each row's pairs, up to `question_rewrites` usable rewordings of their questions.
+
+        Every try is sampled at `rewrite_temperature` (greedy, small generators copy the question), with a new seed
+        each round, and only questions still short of rewordings are asked again: at most twice as many rounds as
+        rewordings wanted."""
         wanted = self.settings.question_rewrites
         rewrites: list[list[list[str]]] = [[[] for _ in found] for found in pairs]
         flat = [(index, position) for index, found in enumerate(pairs) for position in range(len(found))]
-        for attempt in range(wanted if flat else 0):
+        for attempt in range(2 * wanted):
+            todo = [(i, p) for i, p in flat if len(rewrites[i][p]) < wanted]
+            if not todo:
+                break
             sampling = SamplingSettings(
-                max_new_tokens=64,
-                temperature=0.0 if attempt == 0 else self.settings.retry_temperature,
-                seed=self.seed + 101 + attempt,
+                max_new_tokens=64, temperature=self.settings.rewrite_temperature, seed=self.seed + 101 + attempt
             )
-            replies = self.engine.generate([build_rewrite_messages(pairs[i][p][0]) for i, p in flat], sampling)
-            for (index, position), reply in zip(flat, replies, strict=True):
+            replies = self.engine.generate([build_rewrite_messages(pairs[i][p][0]) for i, p in todo], sampling)
+            for (index, position), reply in zip(todo, replies, strict=True):
                 question, answer = pairs[index][position]
                 results[index]["output_tokens"] += reply.output_tokens
                 rewrite = parse_rewrite(reply.text, question, answer)

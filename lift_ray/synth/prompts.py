@@ -154,17 +154,25 @@ VERIFY_INSTRUCTION = (
 
 
 REWRITE_INSTRUCTION = (
-    "Rewrite the question in other words: use different words and a different sentence structure, keep its "
-    "meaning, and do not answer it. Reply with the rewritten question only."
+    "Rewrite the question in other words: change its words and its sentence structure, keep its meaning, and do "
+    "not answer it. Reply with the rewritten question only."
+)
+# Worked examples (invented, about nothing the evaluation asks): small generators copy the question without them.
+REWRITE_EXAMPLES = (
+    ("Who designed the lighthouse on Carrow Point?", "Which person drew up the plans for the Carrow Point lighthouse?"),
+    ("In which year did the paper mill close?", "When was the paper mill shut down for good?"),
+    ("How many workers did the glass factory employ?", "What was the size of the glass factory's workforce?"),
+    ("What is the name of the ship that sank in 1911?", "Which vessel went down in 1911?"),
 )
 
 
 def build_rewrite_messages(question: str) -> list[dict[str, str]]:
-    """The chat messages asking the generator to reword one of its questions (`generator.question_rewrites`)."""
-    return [
-        {"role": "system", "content": REWRITE_INSTRUCTION},
-        {"role": "user", "content": f"Question: {question}"},
-    ]
+    """The chat messages asking the generator to reword one of its questions (`generator.question_rewrites`),
+    with `REWRITE_EXAMPLES` as earlier turns."""
+    messages = [{"role": "system", "content": REWRITE_INSTRUCTION}]
+    for asked, reworded in REWRITE_EXAMPLES:
+        messages += [{"role": "user", "content": f"Question: {asked}"}, {"role": "assistant", "content": reworded}]
+    return [*messages, {"role": "user", "content": f"Question: {question}"}]
 
 
 def build_verify_messages(context: str, sentence: str, question: str, context_chars: int = 600) -> list[dict[str, str]]:

@@ -196,26 +196,35 @@ def test_round_trip_check_keeps_only_pairs_whose_question_leads_back_to_their_an
     assert "Tessaro" in verify_calls[0][0][-1]["content"]  # the paragraph is shown to the verifier
 
 
-def test_question_rewrites_reword_each_kept_question_and_count_unusable_rewordings():
+def test_question_rewrites_are_sampled_and_only_questions_still_short_of_one_are_asked_again():
     def script(attempt: int, conversation: Conversation) -> str:
         asked = conversation[-1]["content"]
         if attempt == 0:
             return qa(("Who founded it?", "Ilsa Varnholt"), ("When was it founded?", "1887"))
         if "Who founded it?" in asked:
-            # greedy: a good rewording; sampled: the same question again (unusable)
-            return "Question: Which person set up the glass works?" if attempt == 1 else "Who founded it?"
+            return "Question: Which person set up the glass works?"  # usable at once
         # the other question: first its answer given away, then a good rewording
         return "In 1887, was it founded?" if attempt == 1 else "1. In which year did the works begin?\nAnswer: 1887"
 
-    result, engine = run(script, question_rewrites=2)
+    result, engine = run(script, question_rewrites=1)
     items = json.loads(result["qa_json"])
     assert [item["question"] for item in items] == ["Who founded it?", "When was it founded?"]
     assert items[0]["rewrites"] == ["Which person set up the glass works?"]
     assert items[1]["rewrites"] == ["In which year did the works begin?"]
-    assert result["rewrites_dropped"] == 2
+    assert result["rewrites_dropped"] == 1
     rewrite_calls = engine.calls[1:]
-    assert len(rewrite_calls) == 2 and all(len(conversations) == 2 for conversations, _ in rewrite_calls)
-    assert rewrite_calls[0][1].temperature == 0.0 and rewrite_calls[1][1].temperature > 0
+    assert [len(conversations) for conversations, _ in rewrite_calls] == [2, 1]  # the second round: one question
+    assert all(sampling.temperature == 1.0 for _, sampling in rewrite_calls)
+    assert rewrite_calls[0][1].seed != rewrite_calls[1][1].seed
+
+
+def test_a_question_the_generator_only_copies_gets_no_rewording_after_two_tries_per_rewording():
+    def script(attempt: int, conversation: Conversation) -> str:
+        return qa(("Who founded it?", "Ilsa Varnholt")) if attempt == 0 else "Who founded it?"
+
+    result, engine = run(script, question_rewrites=2)
+    assert "rewrites" not in json.loads(result["qa_json"])[0]
+    assert len(engine.calls) == 1 + 4 and result["rewrites_dropped"] == 4
 
 
 def test_without_question_rewrites_no_rewording_is_asked():
