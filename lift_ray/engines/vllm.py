@@ -60,6 +60,7 @@ class VLLMChatEngine(ChatEngine):
         self.model_dir = Path(model_dir)
         self.settings = settings
         self.seed = seed
+        self._seeded_requests = cuda_available()
         self.llm = load_llm(
             self.model_dir, settings, seed, fallback="use generator.engine=hf", enforce_eager=enforce_eager
         )
@@ -73,8 +74,12 @@ class VLLMChatEngine(ChatEngine):
             structured = None
             if sampling.json_schema is not None:
                 structured = StructuredOutputsParams(json=sampling.json_schema)
-            # A seed per request, so that identical prompts in one call still get independent samples.
-            seed = sampling.seed + index if sampling.temperature > 0 else None
+            # A seed per request, so that identical prompts in one call still get independent samples; on GPU only:
+            # on CPU vLLM rewinds a seeded request's generator after a partial (chunked) prefill, which a CPU
+            # torch.Generator cannot do ("CPU Generator does not use offset", the whole batch fails). Unseeded
+            # requests draw from the engine's own generator, seeded with the run's seed at start.
+            seeded = sampling.temperature > 0 and self._seeded_requests
+            seed = sampling.seed + index if seeded else None
             params.append(
                 SamplingParams(
                     max_tokens=sampling.max_new_tokens,

@@ -463,7 +463,9 @@ class VLLMLoRAEngine:
         params = SamplingParams(
             max_tokens=request.max_new_tokens,
             temperature=request.temperature,
-            seed=request.seed if request.temperature > 0 else None,
+            # a request's own seed on GPU only: on CPU vLLM cannot rewind a seeded generator after a chunked
+            # prefill (lift_ray/engines/vllm.py); the engine's generator, seeded at start, samples instead
+            seed=request.seed if request.temperature > 0 and self._on_gpu else None,
             output_kind=RequestOutputKind.DELTA,
         )
         text = _IncrementalText(self.tokenizer, self._end_ids)

@@ -108,3 +108,13 @@ def test_vllm_json_schema_output_parses(vllm_engine: VLLMChatEngine) -> None:
     [generation] = vllm_engine.generate([[SYSTEM, {"role": "user", "content": prompt}]], sampling)
     assert isinstance(generation, Generation)
     jsonschema.validate(json.loads(generation.text), QA_SCHEMA)
+
+
+def test_vllm_samples_long_prompts_in_chunked_prefill_without_failing(vllm_engine: VLLMChatEngine) -> None:
+    """Prompts longer than one step's token budget are prefilled in chunks; on CPU a seeded request then failed
+    the whole batch ('CPU Generator does not use offset')."""
+    facts = " ".join(f"Fact {i}: lamp number {i} is green." for i in range(120))
+    conversations = [[{"role": "user", "content": f"{facts}\nQuestion {n}: which lamp is green?"}] for n in range(64)]
+    sampling = SamplingSettings(max_new_tokens=2, temperature=1.0, seed=3)
+    generations = vllm_engine.generate(conversations, sampling)
+    assert len(generations) == 64 and all(g.output_tokens > 0 for g in generations)
