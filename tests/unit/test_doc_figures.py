@@ -440,6 +440,7 @@ QUOTES: list[Quote] = [
             ("| **recite, then the answer line**", "eval_recite_answer.json", "lift_recite_answer"),
             ("| the same recipe on **m = 10** pairs", "eval_recite_answer_10qa.json", "lift_recite_answer_10qa"),
             ("| the default recipe **plus off-document recitals**", "eval_offdoc.json", "lift_recite_offdoc"),
+            ("| the default recipe **plus question rewrites**", "eval_rewrites.json", "lift_recite_rewrites"),
         ]
         for quote in prose(
             "docs/evaluation.md",
@@ -566,6 +567,56 @@ QUOTES: list[Quote] = [
             ),
             ("but the adapter answers fewer of them", "lift.qa_coverage.right_when_in_qa", {"digits": 3}),
             ("so `contains` gains only", "lift.contains", {"digits": 3, "shown": "→ {}."}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_rewrites.json",
+        [
+            *[
+                ("the **first** `Answer:` line read", f"lift_recite_answer.{key}", {"digits": 3})
+                for key in (
+                    "contains",
+                    "exact_match",
+                    "f1",
+                    "by_kind.paraphrase.contains",
+                    "general_contains",
+                    "qa_coverage.in_generated_qa",
+                    "qa_coverage.right_when_in_qa",
+                )
+            ],
+            ("the adapters answer fewer questions, not more", "lift_recite_rewrites.contains", {"digits": 3}),
+            ("the adapters answer fewer questions, not more", "lift_recite_answer.contains", {"digits": 3}),
+            ("the directly worded questions worst", "lift_recite_rewrites.by_kind.direct.contains", {"digits": 2}),
+            ("the directly worded questions worst", "lift_recite_answer.by_kind.direct.contains", {"digits": 2}),
+            ("general questions 0.242", "lift_recite_rewrites.general_contains", {"digits": 3}),
+            ("general questions 0.242", "lift_recite_answer.general_contains", {"digits": 3}),
+            (
+                "training took 276 s per document",
+                "lift_recite_rewrites.stage_seconds_per_document.train_s",
+                {"digits": 0},
+            ),
+            ("score\n`contains` 0.494", "lift_recite_answer.contains", {"digits": 3}),
+            ("score\n`contains` 0.494", "lift_recite_answer.exact_match", {"digits": 3}),
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_recite_answer.json",
+        [
+            (
+                "against the default's 219 s",
+                "lift_recite_answer.stage_seconds_per_document.train_s",
+                {"digits": 0, "shown": "default's {} s"},
+            )
+        ],
+    ),
+    *prose(
+        "docs/evaluation.md",
+        "eval_offdoc.json",
+        [
+            ("(0.482 and 0.388 read at the last line", "lift_recite_answer.contains", {"digits": 3}),
+            ("(0.482 and 0.388 read at the last line", "lift_recite_answer.exact_match", {"digits": 3}),
         ],
     ),
     *prose(
