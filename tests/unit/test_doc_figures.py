@@ -26,6 +26,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results"
 WINDOW = 200  # characters after a prose anchor in which its figures must appear
+# the columns of a row of docs/evaluation.md's "Recipes" table, in order (each method's result keys)
+RECIPE_ROW_KEYS = (
+    "contains",
+    "exact_match",
+    "f1",
+    "by_kind.paraphrase.contains",
+    "general_contains",
+    "qa_coverage.in_generated_qa",
+    "qa_coverage.right_when_in_qa",
+)
 
 Key = str | Callable[[dict[str, Any]], Any]  # a dotted key path ('engines.hf_batch1.startup_s') or a function
 
@@ -446,18 +456,7 @@ QUOTES: list[Quote] = [
             "docs/evaluation.md",
             source,
             [
-                *[
-                    (row, f"{method}.{key}", {"digits": 3})
-                    for key in (
-                        "contains",
-                        "exact_match",
-                        "f1",
-                        "by_kind.paraphrase.contains",
-                        "general_contains",
-                        "qa_coverage.in_generated_qa",
-                        "qa_coverage.right_when_in_qa",
-                    )
-                ],
+                *[(row, f"{method}.{key}", {"digits": 3}) for key in RECIPE_ROW_KEYS],
                 (row, f"{method}.train_seconds_per_document", {"digits": 0}),
             ],
         )
@@ -575,15 +574,7 @@ QUOTES: list[Quote] = [
         [
             *[
                 ("the **first** `Answer:` line read", f"lift_recite_answer.{key}", {"digits": 3})
-                for key in (
-                    "contains",
-                    "exact_match",
-                    "f1",
-                    "by_kind.paraphrase.contains",
-                    "general_contains",
-                    "qa_coverage.in_generated_qa",
-                    "qa_coverage.right_when_in_qa",
-                )
+                for key in RECIPE_ROW_KEYS
             ],
             ("the adapters answer fewer questions, not more", "lift_recite_rewrites.contains", {"digits": 3}),
             ("the adapters answer fewer questions, not more", "lift_recite_answer.contains", {"digits": 3}),
@@ -625,15 +616,7 @@ QUOTES: list[Quote] = [
         [
             *[
                 ("| the default recipe's adapters again", f"lift_recite_answer.{key}", {"digits": 3})
-                for key in (
-                    "contains",
-                    "exact_match",
-                    "f1",
-                    "by_kind.paraphrase.contains",
-                    "general_contains",
-                    "qa_coverage.in_generated_qa",
-                    "qa_coverage.right_when_in_qa",
-                )
+                for key in RECIPE_ROW_KEYS
             ],
             ("it answers 0.317 of the general", "lift_recite_answer.general_contains", {"digits": 3}),
             ("says that the base model answers the bare", "lift_recite_offdoc.general_contains", {"digits": 3}),
